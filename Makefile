@@ -1,0 +1,12 @@
+# The two commands of the README. Both set up a fresh machine first (idempotent).
+.PHONY: setup demo test
+setup:
+	bash scripts/setup.sh
+
+# Render the embedded default: local Ray, local files, MLflow on sqlite, the shipped checkpoint.
+demo: setup
+	.venv/bin/eartalk render examples/manifest.jsonl --output out/demo --tracking-uri sqlite:///out/mlflow.db
+
+# The full CI suite (real Ray, moto S3 server, MLflow, ffmpeg, Chromium).
+test: setup
+	.venv/bin/python -m pytest
