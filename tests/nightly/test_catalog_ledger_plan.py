@@ -1,0 +1,173 @@
+"""Catalog reading, content hashing, the ledger and tonight's plan: local folders and a real S3 API (moto)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nightly import storage
+from nightly.catalog import CatalogError, hash_pairs, read_catalog
+from nightly.ledger import LEDGER_SCHEMA, Ledger, LedgerError
+from nightly.plan import manifest_rows, plan_night, row_id, write_manifest
+
+
+def make_catalog(root: Path, media: Path) -> Path:
+    """obama: en + de tracks (de with a control track); biden: fr track; an item without audio is ignored."""
+    for item, portrait, tracks in [("obama", "obama.jpg", ["english", "german"]), ("biden", "biden.jpg", ["french"])]:
+        (root / item / "audio").mkdir(parents=True)
+        shutil.copy(media / "portraits" / portrait, root / item / "portrait.jpg")
+        for track in tracks:
+            shutil.copy(media / "speech" / f"{track}.wav", root / item / "audio" / f"{track[:2]}.wav")
+    (root / "obama" / "controls").mkdir()
+    (root / "obama" / "controls" / "ge.json").write_text(json.dumps({"yaw": [0.0, 5.0]}))
+    (root / "newcomer").mkdir()
+    shutil.copy(media / "portraits" / "obama2.jpg", root / "newcomer" / "portrait.jpg")
+    return root
+
+
+def ledger_rows(hashed, status: str, night: str = "2026-11-23") -> pd.DataFrame:
+    return pd.DataFrame([{
+        "pair_id": h.pair.pair_id, "item": h.pair.item, "language": h.pair.language, "input_hash": h.input_hash,
+        "portrait_sha256": h.portrait_sha256, "audio_sha256": h.audio_sha256, "controls_sha256": h.controls_sha256,
+        "night": night, "attempt": 1, "id": row_id(h), "output_uri": f"/out/{row_id(h)}.mp4", "status": status,
+        "error": "" if status == "ok" else "boom", "model_version": "tiny-abc", "run_id": "r", "mlflow_run_id": "m",
+        "recorded_at": "2026-11-24T02:00:00Z"} for h in hashed])
+
+
+def test_folder_catalog_lists_one_pair_per_item_and_language(tmp_path, shared_media):
+    pairs = read_catalog(str(make_catalog(tmp_path / "cat", shared_media)))
+    assert [p.pair_id for p in pairs] == ["biden/fr", "obama/en", "obama/ge"]
+    by_id = {p.pair_id: p for p in pairs}
+    assert by_id["obama/ge"].controls.endswith("obama/controls/ge.json")
+    assert by_id["obama/en"].controls is None
+    assert by_id["obama/en"].portrait == by_id["obama/ge"].portrait
+
+
+def test_jsonl_catalog_resolves_relative_paths_and_keeps_tags(tmp_path, shared_media):
+    root = make_catalog(tmp_path / "cat", shared_media)
+    (root / "catalog.jsonl").write_text(
+        json.dumps({"item": "obama", "language": "en", "portrait": "obama/portrait.jpg",
+                    "audio": str(root / "obama/audio/en.wav"), "speaker": "narrator", "fps": 30}) + "\n\n")
+    [pair] = read_catalog(str(root))
+    assert pair.portrait == str(root / "obama/portrait.jpg") and pair.fps == 30.0
+    assert pair.tags == {"speaker": "narrator"}
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", r"catalog.jsonl line 1: not valid JSON"),
+    ('{"item": "a", "language": "en", "portrait": "p.jpg"}', r"line 1: missing audio"),
+    ('{"item": "a b", "language": "en", "portrait": "p.jpg", "audio": "a.wav"}', r"line 1: item 'a b' must match"),
+    ('{"item": "a", "language": "en", "portrait": "p.jpg", "audio": "a.wav", "fps": 0}', r"fps must be positive"),
+])
+def test_malformed_catalog_line_is_named_in_the_error(tmp_path, line, message):
+    (tmp_path / "catalog.jsonl").write_text(line + "\n")
+    with pytest.raises(CatalogError, match=message):
+        read_catalog(str(tmp_path))
+
+
+def test_folder_catalog_errors_name_the_item(tmp_path, shared_media):
+    root = make_catalog(tmp_path / "cat", shared_media)
+    shutil.copy(shared_media / "portraits" / "obama.jpg", root / "biden" / "portrait.png")
+    with pytest.raises(CatalogError, match=r"biden: expected exactly one portrait"):
+        read_catalog(str(root))
+    (root / "biden" / "portrait.png").unlink()
+    (root / "biden" / "controls").mkdir()
+    (root / "biden" / "controls" / "ja.json").write_text("{}")
+    with pytest.raises(CatalogError, match=r"biden: control tracks \['ja'\] have no audio track"):
+        read_catalog(str(root))
+    with pytest.raises(CatalogError, match=r"no such folder"):
+        read_catalog(str(tmp_path / "absent"))
+
+
+def test_missing_file_in_catalog_fails_hashing_with_its_uri(tmp_path):
+    (tmp_path / "catalog.jsonl").write_text(json.dumps(
+        {"item": "a", "language": "en", "portrait": "gone.jpg", "audio": "gone.wav"}) + "\n")
+    with pytest.raises(CatalogError, match=r"gone.*does not exist"):
+        hash_pairs(read_catalog(str(tmp_path)))
+
+
+def test_plan_renders_new_pairs_skips_rendered_and_rerenders_changed_inputs(tmp_path, shared_media):
+    root = make_catalog(tmp_path / "cat", shared_media)
+    ledger = Ledger.load(str(tmp_path / "ledger.parquet"))
+    first = hash_pairs(read_catalog(str(root)))
+    plan = plan_night(first, ledger, "2026-11-23")
+    assert plan.counts() == {"new": 3, "changed": 0, "retry": 0, "unchanged": 0, "given_up": 0}
+    ledger.record(ledger_rows(first, "ok"))
+
+    # same inputs again: nothing to do
+    again = plan_night(hash_pairs(read_catalog(str(root))), Ledger.load(ledger.uri), "2026-11-24")
+    assert again.to_render == [] and len(again.unchanged) == 3
+
+    # a re-dubbed track (new bytes) and changed controls are rendered again; the rest is not
+    shutil.copy(shared_media / "speech" / "japanese.wav", root / "biden" / "audio" / "fr.wav")
+    (root / "obama" / "controls" / "ge.json").write_text(json.dumps({"yaw": [0.0, -5.0]}))
+    changed = plan_night(hash_pairs(read_catalog(str(root))), Ledger.load(ledger.uri), "2026-11-24")
+    assert sorted(h.pair.pair_id for h in changed.changed) == ["biden/fr", "obama/ge"]
+    assert [h.pair.pair_id for h in changed.unchanged] == ["obama/en"]
+    assert {row_id(h) for h in changed.changed}.isdisjoint({row_id(h) for h in first})
+
+
+def test_failed_inputs_are_retried_until_max_attempts(tmp_path, shared_media):
+    hashed = hash_pairs(read_catalog(str(make_catalog(tmp_path / "cat", shared_media))))[:1]
+    ledger = Ledger.load(str(tmp_path / "ledger.parquet"))
+    ledger.record(ledger_rows(hashed, "failed"))
+    assert len(plan_night(hashed, ledger, "2026-11-24", max_attempts=2).retry) == 1
+    ledger.record(ledger_rows(hashed, "failed"))
+    assert len(plan_night(hashed, ledger, "2026-11-24", max_attempts=2).given_up) == 1
+
+
+def test_manifest_rows_carry_render_columns_and_nightly_tags(tmp_path, shared_media):
+    hashed = hash_pairs(read_catalog(str(make_catalog(tmp_path / "cat", shared_media))))
+    plan = plan_night(hashed, Ledger.load(str(tmp_path / "l.parquet")), "2026-11-24")
+    rows = manifest_rows(plan)
+    write_manifest(rows, str(tmp_path / "m" / "manifest.jsonl"))
+    read = [json.loads(l) for l in (tmp_path / "m" / "manifest.jsonl").read_text().splitlines()]
+    assert read == rows and len({r["id"] for r in rows}) == 3
+    ge = next(r for r in rows if r["pair_id"] == "obama/ge")
+    assert {"id", "portrait", "audio", "controls", "fps", "seed", "language", "input_hash", "nightly_date"} <= set(ge)
+    assert "controls" not in next(r for r in rows if r["pair_id"] == "obama/en")
+
+
+def test_unreadable_ledger_is_reported_not_overwritten(tmp_path):
+    path = tmp_path / "ledger.parquet"
+    path.write_bytes(b"not parquet")
+    with pytest.raises(LedgerError, match=r"ledger .*ledger.parquet: not a readable Parquet file"):
+        Ledger.load(str(path))
+    assert path.read_bytes() == b"not parquet"
+
+
+def new_bucket(s3_server) -> str:
+    """A fresh bucket. (conftest's S3Server.new_bucket passes LocationConstraint=us-east-1, which S3 rejects.)"""
+    import uuid
+
+    import s3fs
+
+    name = f"nightly-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(key=s3_server.access_key, secret=s3_server.secret_key,
+                      client_kwargs={"endpoint_url": s3_server.endpoint_url}).mkdir(name)
+    return name
+
+
+def test_catalog_and_ledger_on_s3(s3_server, tmp_path, shared_media, monkeypatch):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    s3_bucket = new_bucket(s3_server)
+    fs = s3_server.filesystem()
+    local = make_catalog(tmp_path / "cat", shared_media)
+    fs.put(str(local) + "/", f"{s3_bucket}/catalog/", recursive=True)
+    remote = read_catalog(f"s3://{s3_bucket}/catalog")
+    assert [p.pair_id for p in remote] == ["biden/fr", "obama/en", "obama/ge"]
+    assert remote[0].portrait == f"s3://{s3_bucket}/catalog/biden/portrait.jpg"
+    hashed = hash_pairs(remote)
+    assert [h.input_hash for h in hashed] == [h.input_hash for h in hash_pairs(read_catalog(str(local)))]
+
+    ledger = Ledger.load(f"s3://{s3_bucket}/out/nightly/ledger.parquet")
+    ledger.record(ledger_rows(hashed, "ok"))
+    reloaded = Ledger.load(ledger.uri)
+    assert list(reloaded.table.columns) == LEDGER_SCHEMA.names and len(reloaded.table) == 3
+    assert fs.ls(f"{s3_bucket}/out/nightly") == [f"{s3_bucket}/out/nightly/ledger.parquet"]  # no temporary left
+    assert storage.exists(ledger.uri)
