@@ -1,0 +1,122 @@
+"""`eartalk train`: build (or read) a training data set and train the generator's two stages.
+
+The shipped `tiny` checkpoint was made with exactly (see README, section training):
+
+    eartalk train --dataset synthetic --preset tiny --output out/train-tiny --seed 0 \\
+        --vae-steps 300 --steps 1500 --max-minutes 30 --install model/checkpoints/tiny
+
+On a Ray cluster (one GPU worker; the job builds the synthetic data set on the worker):
+
+    ray job submit --working-dir . -- python -m jobs.train --dataset synthetic --preset base \\
+        --output s3://bucket/runs/base-001 --deepspeed-config configs/train/gpu_bf16_zero2.json \\
+        --tracking-uri http://mlflow:5000
+
+Several GPUs on one node, through the DeepSpeed launcher (each rank draws its own batches):
+
+    deepspeed --num_gpus 8 -m jobs.train --dataset /data/shards --output s3://bucket/runs/base-002 \\
+        --deepspeed-config configs/train/gpu_bf16_zero2.json
+
+`--dataset` is `synthetic` (built under OUTPUT/dataset, deterministic from --seed) or a shard
+folder written by training.prepare / an earlier synthetic build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("eartalk.train")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="eartalk train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, help="'synthetic' or a training-shard folder")
+    p.add_argument("--output", required=True, help="run output: local folder, file:// or s3:// URI")
+    p.add_argument("--preset", default="tiny", help="model preset (model.get_preset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=200, help="stage 1 (frame VAE) optimizer steps")
+    p.add_argument("--steps", type=int, default=400, help="stage 2 (SFA transformer) optimizer steps")
+    p.add_argument("--batch-clips", type=int, default=2, help="clips per stage 2 micro-batch")
+    p.add_argument("--vae-batch-frames", type=int, default=16, help="frames per stage 1 micro-batch")
+    p.add_argument("--clip-frames", type=int, default=24, help="frames per stage 2 training window")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--deepspeed-config", default=None, help="DeepSpeed JSON (default configs/train/cpu_fp32.json)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="global steps between checkpoints")
+    p.add_argument("--no-resume", action="store_true", help="ignore OUTPUT/checkpoints/LATEST")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (e.g. sqlite:///out/mlflow.db)")
+    p.add_argument("--experiment", default="eartalk-train")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop stage 2 after this wall time")
+    p.add_argument("--synthetic-clips", type=int, default=192, help="clips in a synthetic data set")
+    p.add_argument("--install", default=None, help="also copy the final checkpoint to this local folder")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from training.checkpointing import copy_checkpoint
+    from training.loops import DEFAULT_DEEPSPEED_CONFIG, TrainConfig, train
+
+    # preflight: fail fast on inputs that cannot work
+    ds_config = Path(args.deepspeed_config or DEFAULT_DEEPSPEED_CONFIG)
+    if not ds_config.is_file():
+        print(f"eartalk train: DeepSpeed config {ds_config} does not exist", file=sys.stderr)
+        return 2
+    if args.dataset != "synthetic" and not (Path(args.dataset) / "dataset.json").is_file():
+        print(f"eartalk train: {args.dataset} is neither 'synthetic' nor a shard folder with dataset.json",
+              file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    dataset = args.dataset
+    if dataset == "synthetic":
+        if "://" in args.output and not args.output.startswith("file://"):
+            dataset_dir = Path("out") / "datasets" / f"synthetic-seed{args.seed}-{args.synthetic_clips}"
+        else:
+            dataset_dir = Path(args.output.removeprefix("file://")) / "dataset"
+        dataset = str(build_or_reuse_synthetic(dataset_dir, args))
+    config = TrainConfig(dataset=dataset, output=args.output, preset=args.preset, seed=args.seed,
+                         vae_steps=args.vae_steps, steps=args.steps, batch_clips=args.batch_clips,
+                         vae_batch_frames=args.vae_batch_frames, clip_frames=args.clip_frames, lr=args.lr,
+                         vae_lr=args.vae_lr, deepspeed_config=str(ds_config),
+                         checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+                         tracking_uri=args.tracking_uri, experiment=args.experiment, max_minutes=args.max_minutes)
+    log.info("config: %s", json.dumps(config.__dict__, default=str))
+    result = train(config)
+    if args.install and result.final_checkpoint:
+        installed = copy_checkpoint(result.final_checkpoint, args.install)
+        log.info("installed %s -> %s", result.final_checkpoint, installed)
+    summary = {"output": result.output, "final_checkpoint": result.final_checkpoint, "steps": result.steps_done,
+               "run_id": result.run_id, "minutes": round((time.monotonic() - started) / 60, 2),
+               "last": {k: v[-1][1] for k, v in result.history.items() if v}}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_or_reuse_synthetic(dataset_dir: Path, args: argparse.Namespace) -> Path:
+    """The synthetic data set for this seed, reused when an identical one is already there."""
+    from model import get_preset
+    from training.synthetic import SyntheticConfig, build_synthetic_dataset
+
+    config = SyntheticConfig(image_size=get_preset(args.preset).image_size, num_clips=args.synthetic_clips,
+                             seed=args.seed)
+    manifest = dataset_dir / "dataset.json"
+    if manifest.is_file():
+        from dataclasses import asdict
+
+        saved = json.loads(manifest.read_text()).get("source", {}).get("config")
+        if saved == json.loads(json.dumps(asdict(config))):
+            log.info("reusing synthetic data set %s", dataset_dir)
+            return dataset_dir
+        shutil.rmtree(dataset_dir)
+    log.info("building synthetic data set in %s", dataset_dir)
+    return build_synthetic_dataset(config, dataset_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

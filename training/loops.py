@@ -1,0 +1,422 @@
+"""The two training stages, each driven by a DeepSpeed engine.
+
+Stage 1 trains the frame VAE on single frames (`FrameVAE.loss(frames)`); stage 2 freezes it and
+trains the rest of the generator, the audio encoder and the SFA transformer with FCIC controls, on
+clips (`Generator.training_loss(portrait, frames, audio, fps, controls)`), dropping controls at
+random so that absent controls leave the model free (FCIC's "control dropout").
+
+DeepSpeed: `deepspeed.initialize` wraps each stage's loss module with the client's AdamW and
+schedule; the ZeRO stage, precision, clipping and micro-batch come from a JSON file in
+configs/train/ (fp32 + ZeRO 0 on CPU, where a single-process gloo group stands in for a launcher;
+bf16/fp16 + ZeRO 1/2 on GPUs, one process per GPU through the `deepspeed` launcher or Ray Train,
+each rank drawing its own batches). Rank 0 alone writes checkpoints and MLflow records.
+
+Resume: a run restarted with the same output URI continues from checkpoints/LATEST: weights,
+optimizer, schedule and RNG state, at the global step it stopped (checkpointing.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.checkpointing import (TrainerState, latest_checkpoint, load_training_checkpoint,
+                                    save_final, save_training_checkpoint)
+from training.shards import ClipDataset
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DEEPSPEED_CONFIG = REPO_ROOT / "configs" / "train" / "cpu_fp32.json"
+
+
+@dataclass
+class TrainConfig:
+    dataset: str  # a shard folder (shards.py)
+    output: str  # run output URI: local path, file:// or s3://
+    preset: str = "tiny"  # model.get_preset name
+    seed: int = 0
+    vae_steps: int = 200  # stage 1 optimizer steps
+    steps: int = 400  # stage 2 optimizer steps
+    vae_batch_frames: int = 16  # frames per VAE micro-batch
+    batch_clips: int = 2  # clips per transformer micro-batch
+    clip_frames: int = 24  # frames per training window, cut at random from a data-set clip
+    vae_lr: float = 2e-3  # peak learning rate, stage 1
+    lr: float = 1e-3  # peak learning rate, stage 2
+    weight_decay: float = 0.01
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to min_lr_ratio * peak
+    min_lr_ratio: float = 0.1
+    control_dropout: float = 0.4  # probability that a control is absent for a whole clip
+    span_dropout: float = 0.2  # probability that a kept control loses a random span of frames
+    deepspeed_config: str = str(DEFAULT_DEEPSPEED_CONFIG)  # JSON: ZeRO stage, precision, clipping
+    checkpoint_every: int = 100  # global steps between checkpoints
+    log_every: int = 10  # steps between logged metrics
+    resume: bool = True  # continue from output/checkpoints/LATEST when there is one
+    tracking_uri: str | None = None  # MLflow; None = no tracking
+    experiment: str = "eartalk-train"
+    sample_video: bool = True  # log a rendered sample MP4 to MLflow at the end
+    max_minutes: float | None = None  # stop stage 2 early (and checkpoint) after this wall time
+
+    def __post_init__(self) -> None:
+        assert self.vae_steps >= 0 and self.steps >= 0, "step counts must be >= 0"
+        assert self.batch_clips >= 1 and self.vae_batch_frames >= 1 and self.clip_frames >= 2
+        assert 0.0 <= self.control_dropout <= 1.0 and 0.0 <= self.span_dropout <= 1.0
+
+
+@dataclass
+class TrainResult:
+    output: str
+    final_checkpoint: str
+    steps_done: int
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    run_id: str | None = None
+
+
+# ---------------------------------------------------------------- distributed / DeepSpeed
+
+
+def init_distributed() -> None:
+    """A process group for DeepSpeed: the launcher's when there is one, else a single-process group."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def load_deepspeed_config(path: str | Path, micro_batch: int) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config {path} does not exist (see configs/train/)")
+    config = json.loads(path.read_text())
+    config["train_micro_batch_size_per_gpu"] = micro_batch
+    config.pop("train_batch_size", None)  # DeepSpeed derives it: micro-batch x accumulation x world size
+    if not torch.cuda.is_available() and (config.get("bf16", {}).get("enabled") or config.get("fp16", {}).get("enabled")):
+        raise ValueError(f"{path}: bf16/fp16 need a GPU; use configs/train/cpu_fp32.json on CPU")
+    return config
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _loss_dict(out) -> dict[str, torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return {"total": out}
+    if "total" not in out:
+        raise KeyError(f"a training loss must return a tensor or a dict with 'total', got keys {sorted(out)}")
+    return out
+
+
+class VAELoss(nn.Module):
+    """Stage 1's module for the engine: frames (B, 3, S, S) -> FrameVAE.loss."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _loss_dict(self.vae.loss(frames))
+
+
+class TransformerLoss(nn.Module):
+    """Stage 2's module for the engine: a clip batch -> Generator.training_loss."""
+
+    def __init__(self, generator: nn.Module, fps: float):
+        super().__init__()
+        self.generator = generator
+        self.fps = fps
+
+    def forward(self, portrait, frames, audio, controls) -> dict[str, torch.Tensor]:
+        return _loss_dict(self.generator.training_loss(portrait=portrait, frames=frames, audio=audio,
+                                                       fps=self.fps, controls=controls))
+
+
+def frame_vae_of(generator: nn.Module) -> nn.Module:
+    for name in ("vae", "frame_vae"):
+        if isinstance(getattr(generator, name, None), nn.Module):
+            return getattr(generator, name)
+    raise AttributeError("the generator has no `vae` / `frame_vae` sub-module to train in stage 1")
+
+
+# ---------------------------------------------------------------- batches
+
+
+class BatchSampler:
+    """Random batches from a clip data set, reproducible from (seed, rank)."""
+
+    def __init__(self, dataset: ClipDataset, config: TrainConfig, control_names: list[str], rank: int = 0):
+        self.dataset = dataset
+        self.config = config
+        self.rng = np.random.default_rng([config.seed, rank])
+        self.control_names = [c for c in control_names if c in dataset.controls]
+        if config.clip_frames > dataset.clip_frames:
+            raise ValueError(f"clip_frames={config.clip_frames} exceeds the data set's {dataset.clip_frames} frames per clip")
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    @staticmethod
+    def _images(array: np.ndarray) -> torch.Tensor:
+        """(..., S, S, 3) uint8 -> (..., 3, S, S) float in [0, 1]."""
+        return torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, -3).float().div_(255.0).contiguous()
+
+    def vae_batch(self) -> torch.Tensor:
+        picks = []
+        for _ in range(self.config.vae_batch_frames):
+            clip = self.dataset[int(self.rng.integers(len(self.dataset)))]
+            f = int(self.rng.integers(clip.frames.shape[0] + 1))
+            picks.append(clip.portrait if f == clip.frames.shape[0] else clip.frames[f])
+        return self._images(np.stack(picks))  # (B, 3, S, S)
+
+    def clip_batch(self) -> dict:
+        cfg, ds = self.config, self.dataset
+        samples_per_frame = ds.sample_rate / ds.fps
+        portraits, frames, audio, controls = [], [], [], []
+        span = int(round(cfg.clip_frames * samples_per_frame))
+        for _ in range(cfg.batch_clips):
+            clip = ds[int(self.rng.integers(len(ds)))]
+            start = int(self.rng.integers(0, ds.clip_frames - cfg.clip_frames + 1))
+            portraits.append(clip.portrait)
+            frames.append(clip.frames[start:start + cfg.clip_frames])
+            first = int(round(start * samples_per_frame))
+            piece = clip.audio[first:first + span]
+            audio.append(np.pad(piece, (0, span - len(piece))))
+            labels = clip.controls[start:start + cfg.clip_frames].copy()  # (F, K)
+            for name in self.control_names:
+                k = ds.controls.index(name)
+                if self.rng.random() < cfg.control_dropout:
+                    labels[:, k] = np.nan
+                elif self.rng.random() < cfg.span_dropout:
+                    a = int(self.rng.integers(0, cfg.clip_frames))
+                    b = int(self.rng.integers(a + 1, cfg.clip_frames + 1))
+                    labels[a:b, k] = np.nan
+            controls.append(labels)
+        stacked = np.stack(controls)  # (B, F, K)
+        return {
+            "portrait": self._images(np.stack(portraits)),  # (B, 3, S, S)
+            "frames": self._images(np.stack(frames)),  # (B, F, 3, S, S)
+            "audio": torch.from_numpy(np.stack(audio).astype(np.float32)),  # (B, N)
+            "controls": {name: torch.from_numpy(stacked[:, :, ds.controls.index(name)].copy())
+                         for name in self.control_names},  # name -> (B, F)
+        }
+
+
+def _to(batch, device: torch.device, dtype: torch.dtype):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device=device, dtype=dtype if batch.is_floating_point() else batch.dtype)
+    if isinstance(batch, dict):
+        return {k: _to(v, device, dtype) for k, v in batch.items()}
+    return batch
+
+
+# ---------------------------------------------------------------- the run
+
+
+class _Tracker:
+    """MLflow from rank 0 only; a no-op without a tracking URI."""
+
+    def __init__(self, config: TrainConfig, rank: int):
+        self.active = config.tracking_uri is not None and rank == 0
+        self.run_id = None
+        if self.active:
+            import mlflow
+
+            mlflow.set_tracking_uri(config.tracking_uri)
+            mlflow.set_experiment(config.experiment)
+            run = mlflow.start_run()
+            self.run_id = run.info.run_id
+            mlflow.set_tags({"eartalk.job": "train", "eartalk.output_uri": config.output,
+                             "eartalk.model_version": config.preset})
+            mlflow.log_params({k: v for k, v in asdict(config).items() if k != "tracking_uri"})
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.log_metrics(values, step=step)
+
+    def artifact(self, path: Path) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.log_artifact(str(path))
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.end_run(status=status)
+
+
+def _capture_rng() -> dict:
+    return {"torch": torch.get_rng_state()}
+
+
+def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_batch: Callable[[], object],
+              first_step: int, last_step: int, peak_lr: float, config: TrainConfig, generator: nn.Module,
+              sampler: BatchSampler, tracker: _Tracker, history: dict, resume_state: TrainerState | None,
+              step_offset: int, frames_per_step: int, deadline: float | None) -> int:
+    """Optimise `module` from local step `first_step` to `last_step`; returns the local step reached."""
+    import deepspeed
+
+    total = last_step
+    optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.warmup_steps, total, config.min_lr_ratio))
+    micro = config.vae_batch_frames if stage == "vae" else config.batch_clips
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=load_deepspeed_config(config.deepspeed_config, micro))
+    if resume_state is not None and resume_state.stage == stage:
+        optimizer.load_state_dict(resume_state.optimizer)
+        scheduler.load_state_dict(resume_state.scheduler)
+        sampler.set_state(resume_state.rng["sampler"])
+        torch.set_rng_state(resume_state.rng["torch"])
+    dtype = next(engine.module.parameters()).dtype
+    rank = engine.global_rank
+    step = first_step
+    window_start, window_frames = time.monotonic(), 0
+    running: dict[str, float] = {}
+    while step < last_step:
+        batch = _to(next_batch(), engine.device, dtype)
+        out = engine(batch) if stage == "vae" else engine(**batch)
+        engine.backward(out["total"])
+        engine.step()
+        step += 1
+        window_frames += frames_per_step
+        for key, value in out.items():
+            running[key] = running.get(key, 0.0) + float(value.detach())
+        global_step = step + step_offset
+        if step % config.log_every == 0 or step == last_step:
+            elapsed = time.monotonic() - window_start
+            n = config.log_every if step % config.log_every == 0 else step % config.log_every
+            values = {f"{stage}/{k}": v / n for k, v in running.items()}
+            values[f"{stage}/lr"] = scheduler.get_last_lr()[0]
+            values[f"{stage}/frames_per_s"] = window_frames / max(elapsed, 1e-9)
+            for key, value in values.items():
+                history.setdefault(key, []).append((global_step, value))
+            tracker.metrics(values, global_step)
+            log.info("%s step %d/%d (global %d): %s", stage, step, last_step, global_step,
+                     ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in values.items()))
+            running, window_start, window_frames = {}, time.monotonic(), 0
+        timed_out = deadline is not None and time.monotonic() > deadline
+        if rank == 0 and (global_step % config.checkpoint_every == 0 or step == last_step or timed_out):
+            state = TrainerState(stage=stage, step=global_step, optimizer=optimizer.state_dict(),
+                                 scheduler=scheduler.state_dict(),
+                                 rng={**_capture_rng(), "sampler": sampler.state()})
+            uri = save_training_checkpoint(config.output, generator, state)
+            log.info("checkpoint %s", uri)
+        if timed_out:
+            log.warning("%s: max_minutes reached at step %d of %d; stopping", stage, step, last_step)
+            break
+    return step
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run (or resume) both stages; returns where the final checkpoint went and the loss history."""
+    from model import CONTROL_SPECS, Generator, get_preset
+
+    init_distributed()
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    dataset = ClipDataset(config.dataset)
+    torch.manual_seed(config.seed + rank)
+    resume_state = None
+    latest = latest_checkpoint(config.output) if config.resume else None
+    if latest is not None:
+        generator, resume_state = load_training_checkpoint(latest)
+        log.info("resuming from %s (stage %s, global step %d)", latest, resume_state.stage, resume_state.step)
+    else:
+        generator_config = get_preset(config.preset)
+        if generator_config.image_size != dataset.image_size:
+            raise ValueError(f"preset {config.preset!r} renders {generator_config.image_size}px frames but the "
+                             f"data set {config.dataset} holds {dataset.image_size}px frames")
+        generator = Generator(generator_config)
+    sampler = BatchSampler(dataset, config, list(CONTROL_SPECS), rank)
+    tracker = _Tracker(config, rank)
+    history: dict[str, list[tuple[int, float]]] = {}
+    done = resume_state.step if resume_state else 0
+    deadline = None if config.max_minutes is None else time.monotonic() + 60 * config.max_minutes
+    try:
+        vae = frame_vae_of(generator)
+        if done < config.vae_steps:
+            for p in generator.parameters():
+                p.requires_grad_(False)
+            for p in vae.parameters():
+                p.requires_grad_(True)
+            generator.train()
+            reached = run_stage("vae", VAELoss(vae), list(vae.parameters()), sampler.vae_batch, done,
+                                config.vae_steps, config.vae_lr, config, generator, sampler, tracker, history,
+                                resume_state, 0, config.vae_batch_frames, None)
+            done = reached
+        if done >= config.vae_steps:
+            for p in generator.parameters():
+                p.requires_grad_(True)
+            for p in vae.parameters():
+                p.requires_grad_(False)  # stage 2 learns in the frozen VAE's latent space
+            generator.train()
+            params = [p for p in generator.parameters() if p.requires_grad]
+            state = resume_state if resume_state and resume_state.stage == "transformer" else None
+            reached = run_stage("transformer", TransformerLoss(generator, dataset.fps), params, sampler.clip_batch,
+                                done - config.vae_steps, config.steps, config.lr, config, generator, sampler,
+                                tracker, history, state, config.vae_steps, config.batch_clips * config.clip_frames,
+                                deadline)
+            done = config.vae_steps + reached
+        generator.eval()
+        final = save_final(config.output, generator) if rank == 0 else ""
+        if config.sample_video and tracker.active:
+            _log_sample_video(generator, dataset, tracker)
+        tracker.close()
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    return TrainResult(output=config.output, final_checkpoint=final, steps_done=done, history=history,
+                       run_id=tracker.run_id)
+
+
+def _log_sample_video(generator: nn.Module, dataset: ClipDataset, tracker: _Tracker) -> None:
+    """Render the first clip's portrait speaking its audio and log the MP4 (a quick look at progress)."""
+    import tempfile
+
+    from media import encode_mp4
+    from model import RenderRequest
+
+    clip = dataset[0]
+    portrait = torch.from_numpy(clip.portrait).permute(2, 0, 1).float() / 255.0
+    request = RenderRequest(portrait=portrait, audio=torch.from_numpy(clip.audio), fps=dataset.fps, seed=0)
+    count = generator.num_frames(len(clip.audio), dataset.fps)
+    frames = []
+    with torch.no_grad():
+        for step_frames in generator.stream([request]):
+            frames.append((step_frames[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+            if len(frames) >= count:
+                break
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sample.mp4"
+        encode_mp4(str(path), frames, fps=dataset.fps, audio=clip.audio, sample_rate=dataset.sample_rate)
+        tracker.artifact(path)
