@@ -17,6 +17,7 @@ optimizer, schedule and RNG state, at the global step it stopped (checkpointing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ class TrainConfig:
     dataset: str  # a shard folder (shards.py)
     output: str  # run output URI: local path, file:// or s3://
     preset: str = "tiny"  # model.get_preset name
+    model_overrides: dict = field(default_factory=dict)  # GeneratorConfig fields replacing the preset's
     seed: int = 0
     vae_steps: int = 200  # stage 1 optimizer steps
     steps: int = 400  # stage 2 optimizer steps
@@ -352,7 +354,7 @@ def train(config: TrainConfig) -> TrainResult:
         generator, resume_state = load_training_checkpoint(latest)
         log.info("resuming from %s (stage %s, global step %d)", latest, resume_state.stage, resume_state.step)
     else:
-        generator_config = get_preset(config.preset)
+        generator_config = dataclasses.replace(get_preset(config.preset), **config.model_overrides)
         if generator_config.image_size != dataset.image_size:
             raise ValueError(f"preset {config.preset!r} renders {generator_config.image_size}px frames but the "
                              f"data set {config.dataset} holds {dataset.image_size}px frames")

@@ -1,0 +1,39 @@
+"""`eartalk train` end to end: the synthetic data set is built, both stages train, the checkpoint installs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_train_synthetic_end_to_end_installs_a_loadable_checkpoint(tmp_path, mlflow_tracking_uri):
+    from model import load_checkpoint
+
+    out = tmp_path / "run"
+    proc = run_cli("--dataset", "synthetic", "--preset", "tiny", "--output", str(out), "--seed", "0",
+                   "--synthetic-clips", "2", "--vae-steps", "2", "--steps", "2", "--clip-frames", "8",
+                   "--vae-batch-frames", "4", "--batch-clips", "1", "--tracking-uri", mlflow_tracking_uri,
+                   "--install", str(tmp_path / "installed"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["steps"] == 4 and summary["run_id"]
+    assert (out / "dataset" / "dataset.json").is_file()
+    generator = load_checkpoint(tmp_path / "installed")
+    assert generator.config.image_size == json.loads((out / "dataset" / "dataset.json").read_text())["image_size"]
+
+
+def test_train_refuses_a_missing_dataset_and_config_with_the_cause(tmp_path):
+    proc = run_cli("--dataset", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"), timeout=120)
+    assert proc.returncode == 2 and "neither 'synthetic' nor a shard folder" in proc.stderr
+    proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"),
+                   "--deepspeed-config", str(tmp_path / "missing.json"), timeout=120)
+    assert proc.returncode == 2 and "missing.json does not exist" in proc.stderr

@@ -1,0 +1,44 @@
+"""Ray Data preparation of a real video corpus into training shards, labelled by the offline landmarker."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from training.prepare import list_videos, prepare_corpus
+from training.shards import ClipDataset
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_media):
+    """A folder of MP4s: 2 s of the real talking-head video, and a corrupt file."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "speaker1").mkdir()
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(shared_media / "video" / "talking_512px_8s.mp4"),
+                    "-t", "2", "-c:v", "libx264", "-c:a", "aac", str(root / "speaker1" / "clip.mp4")], check=True)
+    (root / "broken.mp4").write_bytes(b"not a video at all")
+    return root
+
+
+def test_a_video_folder_becomes_labelled_training_shards(corpus, tmp_path, ray_local):
+    summary = prepare_corpus(str(corpus), tmp_path / "shards", image_size=128, fps=25.0, clip_frames=25,
+                             videos_per_shard=1)
+    assert summary["clips"] == 2, summary
+    assert any("broken.mp4" in e for e in summary["errors"]), "the corrupt file is reported by name"
+    ds = ClipDataset(tmp_path / "shards")
+    clip = ds[0]
+    assert clip.frames.shape == (25, 128, 128, 3) and clip.audio.shape == (16000,)
+    assert np.abs(clip.audio).max() > 0.01, "the video's real speech is carried"
+    yaw, blink = clip.controls[:, 0], clip.controls[:, 3]
+    assert yaw[0] == pytest.approx(0.0, abs=1e-4), "pose is relative to the clip's first frame"
+    assert np.isfinite(yaw).mean() > 0.8 and np.all(np.nan_to_num(blink, nan=0.5) <= 1.0)
+    assert np.isnan(clip.controls[:, 4:]).all(), "gaze and lip have no estimator: absent"
+
+
+def test_an_empty_folder_is_refused_with_the_cause(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no video files"):
+        list_videos(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        list_videos(str(tmp_path / "missing"))

@@ -1,0 +1,108 @@
+"""DeepSpeed training on CPU: a few steps reduce the loss, checkpoints load, a restarted run resumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training.checkpointing import latest_checkpoint, load_training_checkpoint
+from training.loops import TrainConfig, load_deepspeed_config, lr_lambda, train
+from training.shards import ClipDataset
+from training.synthetic import SyntheticConfig, build_synthetic_dataset
+
+# the smallest generator the model package allows, so that a CPU test step takes well under a second
+MICRO = dict(image_size=64)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, shared_media):
+    config = SyntheticConfig(image_size=64, num_clips=4, clips_per_shard=4, clip_frames=12, seed=3,
+                             media_root=str(shared_media), video_frame_times=(1.0,), include_flite=False)
+    return str(build_synthetic_dataset(config, tmp_path_factory.mktemp("ds")))
+
+
+def config_for(dataset: str, output: str, **overrides) -> TrainConfig:
+    base = dict(dataset=dataset, output=output, model_overrides=MICRO, vae_steps=6, steps=6,
+                vae_batch_frames=4, batch_clips=2, clip_frames=8, log_every=2, checkpoint_every=4,
+                warmup_steps=2, sample_video=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_a_few_deepspeed_steps_reduce_both_losses_and_write_a_loadable_checkpoint(dataset, tmp_path, mlflow_tracking_uri):
+    from model import load_checkpoint
+
+    result = train(config_for(dataset, str(tmp_path / "run"), vae_steps=12, steps=12, tracking_uri=mlflow_tracking_uri))
+    for stage in ("vae", "transformer"):
+        curve = [v for _, v in result.history[f"{stage}/total"]]
+        assert curve[-1] < curve[0], f"{stage} loss did not fall: {curve}"
+    assert result.steps_done == 24
+    generator = load_checkpoint(result.final_checkpoint)
+    assert generator.config.image_size == 64
+    import mlflow
+
+    run = mlflow.MlflowClient(mlflow_tracking_uri).get_run(result.run_id)
+    assert run.data.tags["eartalk.job"] == "train"
+    assert {"vae/total", "transformer/total", "transformer/lr", "transformer/frames_per_s"} <= set(run.data.metrics)
+
+
+def test_a_restarted_run_resumes_from_the_last_checkpoint(dataset, tmp_path):
+    output = str(tmp_path / "run")
+    first = train(config_for(dataset, output, steps=4))  # stops after 6 VAE + 4 transformer steps
+    assert first.steps_done == 10
+    _, state = load_training_checkpoint(latest_checkpoint(output))
+    assert (state.stage, state.step) == ("transformer", 10)
+    resumed = train(config_for(dataset, output, steps=6))
+    assert resumed.steps_done == 12
+    steps_logged = [step for step, _ in resumed.history["transformer/total"]]
+    assert steps_logged and min(steps_logged) > 10, f"the resumed run repeated steps: {steps_logged}"
+    assert "vae/total" not in resumed.history, "the finished VAE stage ran again"
+
+
+def test_checkpoints_go_to_object_storage(dataset, s3_server, s3_bucket, monkeypatch):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    output = f"s3://{s3_bucket}/runs/r1"
+    result = train(config_for(dataset, output, vae_steps=2, steps=2, checkpoint_every=2))
+    fs = s3_server.filesystem()
+    assert fs.exists(f"{s3_bucket}/runs/r1/final/model.safetensors")
+    assert latest_checkpoint(output).endswith("step-00000004")
+    generator, state = load_training_checkpoint(latest_checkpoint(output))
+    assert state.step == 4 and result.steps_done == 4
+
+
+def test_deepspeed_configs_load_and_gpu_precision_is_refused_on_cpu(tmp_path):
+    from pathlib import Path
+
+    shipped = sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.json"))
+    assert {p.name for p in shipped} >= {"cpu_fp32.json", "gpu_bf16_zero2.json", "gpu_fp16_zero1.json"}
+    for path in shipped:
+        config = json.loads(path.read_text())
+        assert config["zero_optimization"]["stage"] in (0, 1, 2, 3), path
+    assert load_deepspeed_config(shipped[0], micro_batch=3)["train_micro_batch_size_per_gpu"] == 3
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="bf16/fp16 need a GPU"):
+            load_deepspeed_config(Path(shipped[0]).with_name("gpu_bf16_zero2.json"), micro_batch=2)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_deepspeed_config(tmp_path / "nope.json", 1)
+
+
+def test_learning_rate_warms_up_then_decays():
+    f = lr_lambda(warmup=4, total=20, min_ratio=0.1)
+    values = [f(s) for s in range(20)]
+    assert values[0] < values[3] == pytest.approx(1.0)
+    assert values[-1] == pytest.approx(0.1, abs=0.02) and np.all(np.diff(values[4:]) <= 1e-12)
+
+
+def test_control_dropout_leaves_some_controls_absent(dataset):
+    from training.loops import BatchSampler
+
+    ds = ClipDataset(dataset)
+    sampler = BatchSampler(ds, config_for(dataset, "unused", control_dropout=0.5, span_dropout=0.0),
+                           ["yaw", "blink", "lip"])
+    batches = [sampler.clip_batch() for _ in range(20)]
+    absent = np.mean([torch.isnan(b["controls"]["yaw"]).all(dim=1).float().mean().item() for b in batches])
+    assert 0.2 < absent < 0.8, f"yaw absent in {absent:.0%} of clips with dropout 0.5"
+    assert batches[0]["frames"].shape == (2, 8, 3, 64, 64) and batches[0]["audio"].shape == (2, 8 * 640)
