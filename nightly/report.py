@@ -1,0 +1,143 @@
+"""The nightly's HTML run report: counts, the comparison with the previous night, metric plots, and the
+worst rows with their videos inline.
+
+One self-contained HTML file: plots are PNG data URIs. Videos are either embedded (data URIs: the copy
+logged to MLflow, which its artifact viewer shows without other files) or referenced relative to the
+report (the copy beside the night's videos in storage), chosen by the `video_src` callable.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+NON_METRIC_COLUMNS = {"frames", "duration_s", "fps", "width", "height", "render_s", "encode_s", "seed", "attempt"}
+MAX_PLOTTED_METRICS = 12
+PANEL_INCHES = (3.2, 2.2)  # width, height of one histogram
+
+
+@dataclass
+class ReportInputs:
+    title: str
+    results: pd.DataFrame                 # the night's results rows (results Parquet schema + tags)
+    summary: dict[str, object]            # counts and settings shown at the top
+    metric_columns: list[str]             # per-video metrics to plot
+    worst_metric: str | None = None       # ranks the worst rows
+    higher_is_better: bool = True
+    comparison: pd.DataFrame | None = None  # metric, baseline, current, delta, regressed
+    trends_png: bytes | None = None       # dashboards.plot_trends output
+    worst_rows: int = 6
+    notes: list[str] = field(default_factory=list)
+
+
+def metric_columns_of(results: pd.DataFrame, known: list[str] | None = None) -> list[str]:
+    """Numeric per-video metric columns with data (`known` = metrics.schema.METRIC_COLUMNS when available)."""
+    candidates = known if known is not None else [c for c in results.columns if c not in NON_METRIC_COLUMNS]
+    return [c for c in candidates if c in results.columns and pd.api.types.is_numeric_dtype(results[c])
+            and results[c].notna().any()]
+
+
+def _png_data_uri(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def histograms(results: pd.DataFrame, metrics: list[str]) -> str | None:
+    metrics = metrics[:MAX_PLOTTED_METRICS]
+    if not metrics:
+        return None
+    columns = min(4, len(metrics))
+    rows = math.ceil(len(metrics) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows),
+                                squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for language, part in results.groupby(results.get("language", pd.Series("all", index=results.index))):
+            ax.hist(part[metric].dropna(), bins=10, alpha=0.6, label=str(language))
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    figure.tight_layout()
+    return _png_data_uri(figure)
+
+
+def worst(results: pd.DataFrame, metric: str | None, higher_is_better: bool, n: int) -> pd.DataFrame:
+    """Failed rows first, then the n lowest (or highest) on `metric` among rendered rows."""
+    failed = results[results["status"] != "ok"]
+    ok = results[results["status"] == "ok"]
+    if metric and metric in ok:
+        ok = ok.sort_values(metric, ascending=higher_is_better, na_position="first")
+    return pd.concat([failed, ok]).head(n)
+
+
+def _table(frame: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}th{background:#f3f3f3}
+.row{display:inline-block;vertical-align:top;margin:0 1em 1em 0;width:300px}.row video{width:300px}
+.regressed{color:#b00;font-weight:bold}img{max-width:100%}"""
+
+
+def render_html(inputs: ReportInputs, video_src: Callable[[pd.Series], str | None]) -> str:
+    """The report as one HTML string; video_src(row) gives each worst row's <video src> (None: no video)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(inputs.title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(inputs.title)}</h1>"]
+    summary = pd.DataFrame({"": list(inputs.summary), "value": [inputs.summary[k] for k in inputs.summary]})
+    parts.append("<h2>Summary</h2>" + _table(summary))
+    for note in inputs.notes:
+        parts.append(f"<p>{html.escape(note)}</p>")
+    if inputs.comparison is not None and not inputs.comparison.empty:
+        regressed = inputs.comparison[inputs.comparison.get("regressed", False) == True]  # noqa: E712
+        parts.append("<h2>Compared with the previous night</h2>")
+        if len(regressed):
+            names = ", ".join(map(str, regressed["metric"]))
+            parts.append(f"<p class='regressed'>Regressed: {html.escape(names)}</p>")
+        parts.append(_table(inputs.comparison))
+    plot = histograms(inputs.results[inputs.results["status"] == "ok"], inputs.metric_columns)
+    parts.append("<h2>Tonight's metrics</h2>")
+    parts.append(f"<img class='plot' alt='metric histograms' src='{plot}'>" if plot
+                 else "<p>No rendered rows with metrics tonight.</p>")
+    if inputs.trends_png:
+        uri = "data:image/png;base64," + base64.b64encode(inputs.trends_png).decode()
+        parts.append(f"<h2>Trends</h2><img class='plot' alt='metric trends' src='{uri}'>")
+    rows = worst(inputs.results, inputs.worst_metric, inputs.higher_is_better, inputs.worst_rows)
+    ranking = f" by {inputs.worst_metric} ({'lowest' if inputs.higher_is_better else 'highest'} first)" \
+        if inputs.worst_metric else ""
+    parts.append(f"<h2>Worst rows{html.escape(ranking)}</h2>")
+    for _, row in rows.iterrows():
+        caption = [f"<b>{html.escape(str(row['id']))}</b>", html.escape(str(row.get("language", "")))]
+        if row["status"] != "ok":
+            caption.append(f"<span class='regressed'>{html.escape(str(row['status']))}: "
+                           f"{html.escape(str(row.get('error', '')))}</span>")
+        elif inputs.worst_metric:
+            caption.append(f"{html.escape(inputs.worst_metric)} = {_fmt(row.get(inputs.worst_metric))}")
+        src = video_src(row) if row["status"] == "ok" else None
+        video = (f"<video controls muted preload='metadata' data-row-id='{html.escape(str(row['id']), quote=True)}'"
+                 f" src='{html.escape(src, quote=True)}'></video>") if src else ""
+        parts.append(f"<div class='row'>{video}<br>{'<br>'.join(caption)}</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
