@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: CI, pods, cron
+import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -52,8 +53,10 @@ def plot_trends(table: pd.DataFrame, group_by: str, path: Path, title: str = "EA
                                 squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         for group, part in table[table["metric"] == metric].groupby(group_by):
-            ax.plot(part["night"], part["value"], marker="o", label=str(group))
+            ax.plot(pd.to_datetime(part["night"]), part["value"], marker="o", label=str(group))
         ax.set_title(metric, fontsize=9)
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+        ax.set_xticks(pd.to_datetime(sorted(table.loc[table["metric"] == metric, "night"].unique())))
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.tick_params(axis="y", labelsize=7)
         ax.legend(fontsize=6)

@@ -213,6 +213,7 @@ def night_results(config: NightlyConfig, ledger: Ledger) -> pd.DataFrame:
         results = attempt_results(config, attempt)
         if not results.empty:
             frames.append(results.assign(attempt=attempt))
+    frames = [f.dropna(axis=1, how="all") for f in frames]  # all-NA columns would fix the dtype to object
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "status", "attempt"])
     latest = entries.sort_values("attempt").drop_duplicates("id", keep="last")
     keep = latest[["id", "pair_id", "item", "language", "input_hash", "attempt", "status", "error"]]
@@ -252,7 +253,8 @@ def compare_with_baseline(run_id: str, baseline_run_id: str, tracking_uri: str |
         command += ["--tracking-uri", tracking_uri]
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode not in (0, 1):
+    crashed = "Traceback (most recent call last)" in done.stderr  # Python exits 1 on a crash, too
+    if done.returncode not in (0, 1) or crashed:
         raise RuntimeError(f"eartalk compare {run_id} --baseline {baseline_run_id} failed "
                            f"(exit {done.returncode}): {done.stderr.strip()[-2000:]}")
     return Comparison(baseline_run_id, done.returncode == 1, comparison_table(done.stdout), done.stdout)
@@ -389,9 +391,12 @@ def run_nightly(config: NightlyConfig) -> NightlyOutcome:
     if results_uri:
         write_parquet(tonight, results_uri)
 
-    # MLflow: one night run (reopened on a re-run) with one nested run per language.
+    # MLflow: one night run (reopened on a re-run) with one nested run per language. The render may have
+    # set its own active experiment in this process; the night's runs live in the nightly experiment.
     experiment_id = tracking.experiment_id(client, config.experiment)
-    counts = {f"nightly/pairs_{k}": v for k, v in plan.counts().items()}
+    mlflow.set_experiment(experiment_id=experiment_id)
+    # Plan counts describe the invocation that rendered: a no-op re-run leaves the night's values alone.
+    counts = {f"nightly/pairs_{k}": v for k, v in plan.counts().items()} if plan.to_render else {}
     counts |= {"nightly/pairs_catalog": len(hashed), "nightly/rendered_ok": ok, "nightly/rendered_failed": failed,
                "nightly/failed_fraction": failed_fraction}
     base_tags = {tracking.TAG_JOB: "nightly", tracking.TAG_DATE: config.night,

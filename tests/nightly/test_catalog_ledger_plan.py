@@ -171,3 +171,33 @@ def test_catalog_and_ledger_on_s3(s3_server, tmp_path, shared_media, monkeypatch
     assert list(reloaded.table.columns) == LEDGER_SCHEMA.names and len(reloaded.table) == 3
     assert fs.ls(f"{s3_bucket}/out/nightly") == [f"{s3_bucket}/out/nightly/ledger.parquet"]  # no temporary left
     assert storage.exists(ledger.uri)
+
+
+def test_attempt_that_crashed_before_the_ledger_is_recovered_not_rerendered(tmp_path, shared_media):
+    """Regression guard: results written by a render whose nightly died before recording them in the
+    ledger must count as rendered on the re-run, or the re-run renders those pairs a second time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nightly.runner import NightlyConfig, recover_unrecorded_attempts
+
+    root = make_catalog(tmp_path / "cat", shared_media)
+    config = NightlyConfig(catalog_uri=str(root), output_uri=str(tmp_path / "out"), night="2026-11-24")
+    hashed = hash_pairs(read_catalog(str(root)))
+    ledger = Ledger.load(config.ledger_uri)
+    rows = manifest_rows(plan_night(hashed, ledger, config.night))
+    attempt = Path(config.attempt_uri(1))
+    write_manifest(rows, str(attempt / "manifest.jsonl"))
+    (attempt / "results").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([
+        {"id": r["id"], "status": "ok", "error": "", "output_uri": str(attempt / "videos" / f"{r['id']}.mp4"),
+         "model_version": "tiny-1", "run_id": "nightly-2026-11-24-a01"} for r in rows[:2]]),
+        attempt / "results" / "part-0.parquet")
+
+    assert recover_unrecorded_attempts(config, ledger) == [1]
+    assert recover_unrecorded_attempts(config, Ledger.load(config.ledger_uri)) == []  # recorded once only
+    reloaded = Ledger.load(config.ledger_uri)
+    assert sorted(reloaded.table["status"]) == ["failed", "ok", "ok"]  # the row without a result failed
+    plan = plan_night(hashed, reloaded, config.night)
+    assert len(plan.unchanged) == 2 and len(plan.retry) == 1
+    assert reloaded.next_attempt(config.night) == 2
