@@ -249,8 +249,7 @@ def compare_with_baseline(run_id: str, baseline_run_id: str, tracking_uri: str |
 
     command = [sys.executable, "-m", "jobs.cli", "compare", run_id, "--baseline", baseline_run_id]
     env = dict(os.environ)
-    if tracking_uri:
-        command += ["--tracking-uri", tracking_uri]
+    if tracking_uri:  # through the environment: every MLflow client honours it, whatever the CLI's flags
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     crashed = "Traceback (most recent call last)" in done.stderr  # Python exits 1 on a crash, too
