@@ -44,8 +44,8 @@ UPPER_LID_TO_LOWER = {37: 41, 38: 40, 43: 47, 44: 46}
 
 @dataclass(frozen=True)
 class PuppetConfig:
-    max_jaw_drop: float = 0.08  # chin travel at full opening, as a fraction of the face width
-    lip_part: float = 0.07  # extra lower-lip travel over the chin, fraction of face width
+    max_jaw_drop: float = 0.06  # chin travel at full opening, as a fraction of the face width
+    lip_part: float = 0.05  # extra lower-lip travel over the chin, fraction of face width
     upper_lip_lift: float = 0.02  # upper inner lip rises by this fraction of face width at full opening
     spread: float = 0.05  # mouth-corner travel for spread/rounded lips, fraction of face width
     gaze_shift: float = 0.22  # iris travel at |gaze| = 1, fraction of the eye width (x) / height (y)

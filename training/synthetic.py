@@ -53,7 +53,7 @@ class SyntheticConfig:
     media_root: str = str(ingredients.SHARED_MEDIA)
     training_portraits: tuple[str, ...] = ("obama.jpg", "obama2.jpg")  # under media_root/portraits
     include_astronaut: bool = True  # skimage.data.astronaut()
-    video_frame_times: tuple[float, ...] = (0.5, 2.5, 4.5, 6.5)  # s, faces from the real talking video
+    video_frame_times: tuple[float, ...] = (0.2, 2.9, 3.8, 5.0)  # s: open eyes, closed mouth
     training_speech: tuple[str, ...] = ("german.wav", "french.wav", "japanese.wav", "chinese.wav")
     include_codec2: bool = True  # /usr/share/codec2/raw/*16k*.wav
     include_flite: bool = True  # Debian flite voices when installed
