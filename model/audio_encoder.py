@@ -1,0 +1,104 @@
+"""Audio encoder: 16 kHz mono speech -> a few tokens per video frame, at any frame rate.
+
+Log-mel features are computed in torch (STFT + a triangular mel filterbank built here), so no external
+weights are needed. Frame t (centre time (t + 0.5) / fps) gets the mel frames within
+±audio_context_ms / 2 of its centre, flattened and projected to `audio_tokens` tokens. Audio is not
+causal: a mouth shapes a sound slightly before it is heard, so looking ahead helps lip sync.
+
+Optional pretrained speech features (wav2vec2 / HuBERT / Whisper) are not bundled: `PretrainedSpeechFeatures`
+loads a TorchScript module from a local path when a user configures one; nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import AUDIO_SAMPLE_RATE, GeneratorConfig
+
+
+def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float = 20.0, f_max: float | None = None) -> torch.Tensor:
+    """(n_fft // 2 + 1, n_mels) triangular filters on the HTK mel scale."""
+    f_max = f_max or sample_rate / 2
+
+    def hz_to_mel(f):
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    mels = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2)
+    hz = 700.0 * (10.0 ** (mels / 2595.0) - 1.0)  # (n_mels + 2,)
+    bins = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)  # (K,)
+    lower, centre, upper = hz[:-2], hz[1:-1], hz[2:]
+    rising = (bins[:, None] - lower) / (centre - lower)
+    falling = (upper - bins[:, None]) / (upper - centre)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0)  # (K, n_mels)
+
+
+class LogMel(nn.Module):
+    """(B, N) waveform at 16 kHz -> (B, M, n_mels) log-mel frames, hop = mel_hop_ms."""
+
+    def __init__(self, n_mels: int, hop_ms: float):
+        super().__init__()
+        self.hop = int(round(AUDIO_SAMPLE_RATE * hop_ms / 1000))
+        self.n_fft = 4 * self.hop  # 25 ms-ish analysis window at 10 ms hop
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.register_buffer("filters", mel_filterbank(n_mels, self.n_fft, AUDIO_SAMPLE_RATE), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
+        power = spec.abs().pow(2).transpose(1, 2)  # (B, M, K)
+        return torch.log(power @ self.filters + 1e-6)  # (B, M, n_mels)
+
+
+class AudioEncoder(nn.Module):
+    """(B, N) waveform + fps + frame count -> (B, F, A, D) audio tokens."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.logmel = LogMel(cfg.n_mels, cfg.mel_hop_ms)
+        self.context = int(round(cfg.audio_context_ms / cfg.mel_hop_ms / 2))  # mel frames each side
+        width = (2 * self.context + 1) * cfg.n_mels
+        self.norm = nn.LayerNorm(cfg.n_mels)
+        self.proj = nn.Sequential(
+            nn.Linear(width, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.audio_tokens * cfg.d_model)
+        )
+
+    def frame_features(self, wave: torch.Tensor, fps: float, num_frames: int) -> torch.Tensor:
+        """(B, N) -> (B, F, 2 * context + 1, n_mels) mel windows centred on each video frame."""
+        mel = self.norm(self.logmel(wave))  # (B, M, n_mels)
+        M = mel.shape[1]
+        mel_rate = 1000.0 / self.cfg.mel_hop_ms  # mel frames per second
+        centres = torch.round((torch.arange(num_frames, device=wave.device) + 0.5) / fps * mel_rate).long()  # (F,)
+        offsets = torch.arange(-self.context, self.context + 1, device=wave.device)  # (K,)
+        idx = centres[:, None] + offsets[None, :]  # (F, K)
+        inside = (idx >= 0) & (idx < M)
+        windows = mel[:, idx.clamp(0, M - 1)]  # (B, F, K, n_mels)
+        return windows * inside[None, :, :, None]  # silence (zeros) outside the clip
+
+    def forward(self, wave: torch.Tensor, fps: float, num_frames: int) -> torch.Tensor:
+        B = wave.shape[0]
+        windows = self.frame_features(wave, fps, num_frames)  # (B, F, K, n_mels)
+        tokens = self.proj(windows.flatten(2))  # (B, F, A * D)
+        return tokens.view(B, num_frames, self.cfg.audio_tokens, self.cfg.d_model)  # (B, F, A, D)
+
+
+class PretrainedSpeechFeatures(nn.Module):
+    """A user-supplied TorchScript speech model (wav2vec2 / HuBERT / Whisper encoder) from a local path.
+
+    The module must map (B, N) 16 kHz audio to (B, M, C) features. It is loaded with torch.jit.load (no
+    pickle), never downloaded. The farm's default checkpoints do not use it.
+    """
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained speech model not found at {path} (configure a local TorchScript file)")
+        self.model = torch.jit.load(str(path), map_location="cpu")
+
+    @torch.no_grad()
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.model(wave)

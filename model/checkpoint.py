@@ -1,0 +1,107 @@
+"""Checkpoints: a directory holding `model.safetensors` (weights) and `config.json` (config + format).
+
+Only safetensors is ever read: pickles (torch.save files included) are refused before anything is
+deserialised, because unpickling runs arbitrary code. Loading checks the format version, the config and
+every tensor's name and shape, and names the first problem it finds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import GeneratorConfig
+from .generator import Generator
+
+FORMAT = "eartalking-generator"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+def save_checkpoint(generator: Generator, directory: str | Path, extra: dict | None = None) -> Path:
+    """Write weights + config to `directory` (created); returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in generator.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": generator.config.to_dict(), **(extra or {})}
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def checkpoint_version(directory: str | Path) -> str:
+    """Short content hash of the weights: what results rows and MLflow call the model version."""
+    digest = hashlib.sha256()
+    with open(Path(directory) / WEIGHTS_FILE, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()[:12]}"
+
+
+def read_config(directory: str | Path) -> tuple[GeneratorConfig, dict]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing ({CONFIG_FILE} must sit beside {WEIGHTS_FILE})")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+    try:
+        return GeneratorConfig.from_dict(meta["config"]), meta
+    except (KeyError, TypeError, ValueError, AssertionError) as e:
+        raise CheckpointError(f"{path}: invalid config ({e})") from None
+
+
+def refuse_pickle(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise CheckpointError(f"{path}: this is a pickle / torch.save file, not safetensors; refusing to unpickle it")
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", expect: GeneratorConfig | None = None) -> Generator:
+    """Rebuild a Generator from a checkpoint directory (or its model.safetensors path), in eval mode."""
+    directory = Path(directory)
+    if directory.is_file() and directory.name == WEIGHTS_FILE:
+        directory = directory.parent
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint directory not found")
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        pickles = sorted(p.name for p in directory.glob("*") if p.suffix in {".pt", ".pth", ".bin", ".ckpt", ".pkl"})
+        hint = f" (found {pickles}: pickled checkpoints are refused, convert them to safetensors)" if pickles else ""
+        raise CheckpointError(f"{weights}: missing{hint}")
+    cfg, _ = read_config(directory)
+    if expect is not None and expect != cfg:
+        diff = {k: (v, expect.to_dict()[k]) for k, v in cfg.to_dict().items() if expect.to_dict()[k] != v}
+        raise CheckpointError(f"{directory}: config differs from the expected one (checkpoint, expected): {diff}")
+    refuse_pickle(weights)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: corrupt or not a safetensors file ({e})") from None
+    model = Generator(cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: tensors do not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(f"{weights}: {name} has shape {tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}")
+    model.load_state_dict(state)
+    return model.to(device).eval()

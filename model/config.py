@@ -1,0 +1,104 @@
+"""Hyperparameters of the EARTalking generator, and the named sizes (`tiny`, `base`).
+
+One dataclass holds everything a checkpoint needs to rebuild the network; it is saved as JSON beside the
+weights (checkpoint.py). Sizes are chosen through `get_preset(name)`, never by literals elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+AUDIO_SAMPLE_RATE = 16_000  # Hz: every audio tensor the model sees is mono at this rate
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    # ---- frames and the frame VAE
+    image_size: int = 128  # pixels, side of the square canonical face crop
+    vae_channels: tuple[int, ...] = (32, 64, 128)  # conv width per stage; each stage halves the resolution
+    latent_channels: int = 8  # channels of the latent grid
+    latent_patch: int = 4  # latent pixels per token side: one token covers latent_patch x latent_patch cells
+    # ---- audio
+    n_mels: int = 40  # log-mel bands, computed in torch (audio_encoder.py)
+    mel_hop_ms: float = 10.0  # ms between mel frames
+    audio_context_ms: float = 200.0  # ms of audio around each video frame's centre fed to its audio tokens
+    audio_tokens: int = 2  # audio tokens per video frame
+    # ---- transformer
+    d_model: int = 256  # token width
+    n_layers: int = 5
+    n_heads: int = 4
+    mlp_ratio: float = 3.0
+    rope_base: float = 10_000.0  # RoPE base over frame positions
+    # ---- Sink Frame Window Attention policy (streaming-llm's start_size / recent_size)
+    sink_frames: int = 1  # reference frames kept forever at the start of the cache
+    window_frames: int = 8  # most recent frame blocks attended to, the current one included
+    # ---- FCIC controls
+    control_dropout: float = 0.5  # training: probability that a given control is hidden for a whole clip
+    history_noise: float = 0.1  # training: std of noise added to teacher-forced previous-frame latents
+
+    def __post_init__(self) -> None:
+        assert self.image_size % (2 ** len(self.vae_channels)) == 0, "image_size must divide by the VAE stride"
+        assert self.latent_size % self.latent_patch == 0, "latent grid must divide into patches"
+        assert self.d_model % self.n_heads == 0 and self.head_dim % 2 == 0, "head dim must be even for RoPE"
+        assert self.sink_frames >= 1 and self.window_frames >= 1
+        assert 0.0 <= self.control_dropout <= 1.0
+
+    # ---- derived sizes
+    @property
+    def latent_size(self) -> int:  # side of the latent grid
+        return self.image_size // (2 ** len(self.vae_channels))
+
+    @property
+    def frame_tokens(self) -> int:  # P: latent tokens per frame
+        return (self.latent_size // self.latent_patch) ** 2
+
+    @property
+    def token_features(self) -> int:  # latent values carried by one frame token
+        return self.latent_channels * self.latent_patch**2
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["vae_channels"] = list(self.vae_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeneratorConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields: {unknown}")
+        d = dict(d)
+        if "vae_channels" in d:
+            d["vae_channels"] = tuple(d["vae_channels"])
+        return cls(**d)
+
+
+PRESETS: dict[str, GeneratorConfig] = {
+    # CPU default: trains on 2 cores in under an hour; 5.7M parameters (23 MB of fp32 safetensors).
+    "tiny": GeneratorConfig(),
+    # Paper scale for GPUs: 256x256 frames, 16x16 latent grid of 256 tokens, ~400M parameters.
+    "base": GeneratorConfig(
+        image_size=256,
+        vae_channels=(64, 128, 256, 256),
+        latent_channels=16,
+        latent_patch=1,
+        n_mels=80,
+        audio_tokens=4,
+        d_model=1024,
+        n_layers=24,
+        mlp_ratio=4.0,
+        n_heads=16,
+        window_frames=16,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> GeneratorConfig:
+    """A named size, optionally with fields overridden (e.g. fewer layers in tests)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)

@@ -1,0 +1,143 @@
+"""GPT-style causal transformer over frame blocks with Sink Frame Window Attention (SFA).
+
+Tokens come in blocks of Pb tokens, one block per frame (block 0: the reference portrait). Inside a
+block attention is bidirectional; across blocks it is causal and limited by the SFA policy: block b
+sees the S sink blocks (b' < S) and the W most recent blocks (b - W < b' <= b). Rotary embeddings
+(RoPE) over block positions carry time; see kv_cache.py for the position scheme that keeps every
+position inside [0, S + W).
+
+Two ways through attention, which must agree (tests/model/test_streaming.py):
+- no cache (`forward_full`): the whole sequence at once under the explicit SFA mask; the reference
+  path, also used for teacher-forced training;
+- cached (`forward_cached`): prefill of the reference block, then decode one block per frame against
+  the KV cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GeneratorConfig
+from .kv_cache import KVCache, LayerCache, StepMetadata
+
+
+def sfa_mask(num_blocks: int, block_tokens: int, sinks: int, window: int, device=None) -> torch.Tensor:
+    """(T, T) bool, True where query token i may attend to key token j (T = num_blocks * block_tokens)."""
+    blk = torch.arange(num_blocks, device=device).repeat_interleave(block_tokens)  # (T,)
+    q, k = blk[:, None], blk[None, :]
+    return (k <= q) & ((k < sinks) | (k > q - window))
+
+
+def sink_shift(blocks: torch.Tensor, sinks: int, window: int) -> torch.Tensor:
+    """How far the window has slid past the sinks for each block: oldest_window_block - sinks."""
+    return (blocks - window + 1 - sinks).clamp(min=0)
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotate (..., T, D) by positions (T,) (any leading dims)."""
+        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (..., T, D/2, 2)
+        return out.flatten(-2)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GeneratorConfig, rotary: Rotary):
+        super().__init__()
+        self.cfg, self.rotary = cfg, rotary
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.cfg.n_heads, self.cfg.head_dim)  # (B, T, 3, H, D)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        return q, k, v
+
+    def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+        B, H, T, D = y.shape
+        return self.out(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, H*D)
+
+    def forward_full(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        """No cache: every block at once under the SFA mask (the reference path)."""
+        cfg = self.cfg
+        Pb = x.shape[1] // num_blocks
+        q, k, v = self.split_heads(x)
+        blk = torch.arange(num_blocks, device=x.device).repeat_interleave(Pb)  # (T,)
+        n_sink = cfg.sink_frames * Pb  # sink tokens
+        # window keys: true block positions, so q.k depends on the true frame distance
+        qr, kr = self.rotary(q, blk), self.rotary(k, blk)
+        window = sfa_mask(num_blocks, Pb, cfg.sink_frames, cfg.window_frames, x.device)
+        window[:, :n_sink] = False
+        scores_w = qr @ kr.transpose(-1, -2)  # (B, H, T, T)
+        # sink keys: the query sees them as if they sat right before its window (kv_cache.py)
+        qs = self.rotary(q, blk - sink_shift(blk, cfg.sink_frames, cfg.window_frames))
+        ks = self.rotary(k[:, :, :n_sink], blk[:n_sink])
+        scores_s = qs @ ks.transpose(-1, -2)  # (B, H, T, n_sink)
+        sink_ok = blk[None, :n_sink] <= blk[:, None]  # (T, n_sink)
+        scores = torch.cat((scores_s.masked_fill(~sink_ok, float("-inf")),
+                            scores_w.masked_fill(~window, float("-inf"))), dim=-1)  # (B, H, T, n_sink + T)
+        attn = torch.softmax(scores * cfg.head_dim**-0.5, dim=-1)
+        y = attn[..., :n_sink] @ v[:, :, :n_sink] + attn[..., n_sink:] @ v  # (B, H, T, D)
+        return self.merge_heads(y)
+
+    def forward_cached(self, x: torch.Tensor, cache: LayerCache, meta: StepMetadata) -> torch.Tensor:
+        """Prefill or decode one block against the cache (both are the same code: one block per step)."""
+        q, k, v = self.split_heads(x)  # (B, H, Pb, D)
+        cache.write(meta, k, v)
+        qpos = torch.full((q.shape[2],), meta.query_position, device=x.device)
+        qr = self.rotary(q, qpos)
+        kr = self.rotary(cache.keys, meta.key_positions)  # (B, H, slots*Pb, D)
+        y = F.scaled_dot_product_attention(qr, kr, cache.values, attn_mask=meta.key_valid[None, None, None, :])
+        return self.merge_heads(y)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GeneratorConfig, rotary: Rotary):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg, rotary)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        hidden = int(cfg.d_model * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, hidden), nn.GELU(), nn.Linear(hidden, cfg.d_model))
+
+    def forward(self, x, num_blocks=None, cache: LayerCache | None = None, meta: StepMetadata | None = None):
+        h = self.ln1(x)
+        x = x + (self.attn.forward_full(h, num_blocks) if cache is None else self.attn.forward_cached(h, cache, meta))
+        return x + self.mlp(self.ln2(x))
+
+
+class FrameTransformer(nn.Module):
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.layers = nn.ModuleList(TransformerBlock(cfg, self.rotary) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+
+    def forward_full(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        """(B, num_blocks * Pb, D) -> same shape, no cache."""
+        for layer in self.layers:
+            x = layer(x, num_blocks=num_blocks)
+        return self.ln_f(x)
+
+    def forward_cached(self, x: torch.Tensor, cache: KVCache, block: int) -> torch.Tensor:
+        """(B, Pb, D) tokens of block `block` -> (B, Pb, D), reading and extending the cache."""
+        meta = cache.step(block)  # once per step, shared by all layers
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x = layer(x, cache=layer_cache, meta=meta)
+        return self.ln_f(x)
+
+    def new_cache(self, batch: int, block_tokens: int, device, dtype) -> KVCache:
+        cfg = self.cfg
+        return KVCache(cfg.n_layers, batch, cfg.n_heads, cfg.head_dim, block_tokens,
+                       cfg.sink_frames, cfg.window_frames, device, dtype)
