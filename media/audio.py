@@ -1,0 +1,43 @@
+"""Audio decode with PyAV (WAV, FLAC, MP3, M4A/AAC, OGG, or the audio track of a video), resampled to mono."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+MODEL_SAMPLE_RATE = 16_000  # Hz
+
+
+class MediaError(ValueError):
+    """An input file that cannot be used; the message names the file and the cause."""
+
+
+def load_audio(path: str | Path, sample_rate: int = MODEL_SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream of `path` to float32 mono at `sample_rate`: shape (N,)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: audio file not found")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise MediaError(f"{path}: no audio stream")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            chunks = []
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):  # flush
+                chunks.append(out.to_ndarray().reshape(-1))
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise MediaError(f"{path}: unreadable audio ({e})") from None
+    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if samples.size == 0:
+        raise MediaError(f"{path}: audio has zero length")
+    if not np.isfinite(samples).all():
+        raise MediaError(f"{path}: audio contains NaN or infinite samples")
+    return samples

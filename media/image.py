@@ -1,0 +1,29 @@
+"""Image decode (JPEG, PNG, WebP, ...) to RGB uint8 with Pillow, EXIF orientation applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .audio import MediaError
+
+MAX_PIXELS = 40_000_000  # refuse decompression bombs
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise MediaError(f"{path}: image too large ({im.width}x{im.height})")
+            im = ImageOps.exif_transpose(im)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except MediaError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"{path}: corrupt or unsupported image ({e})") from None
