@@ -57,10 +57,7 @@ class SpeechClip:
 
 def align_portrait(image: np.ndarray, size: int, name: str) -> AlignedPortrait:
     """Canonical crop of the largest face in `image` with landmarks re-detected on the crop."""
-    try:
-        from faces import NoFaceError, align_face
-    except ImportError:  # TEMPORARY until faces/ lands
-        from training._fallback import NoFaceError, align_face
+    from faces import NoFaceError, align_face
 
     try:
         aligned = align_face(image, size)
@@ -73,19 +70,13 @@ def align_portrait(image: np.ndarray, size: int, name: str) -> AlignedPortrait:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    try:
-        from media import load_image
-    except ImportError:  # TEMPORARY until media/ lands
-        from training._fallback import load_image
+    from media import load_image
 
     return load_image(str(path))
 
 
 def load_speech(path: Path) -> np.ndarray:
-    try:
-        from media import load_audio
-    except ImportError:  # TEMPORARY until media/ lands
-        from training._fallback import load_audio
+    from media import load_audio
 
     audio = np.asarray(load_audio(str(path), sample_rate=AUDIO_SAMPLE_RATE), np.float32)
     if audio.size < AUDIO_SAMPLE_RATE // 2:
@@ -95,10 +86,7 @@ def load_speech(path: Path) -> np.ndarray:
 
 def video_frames(path: Path, times_s: tuple[float, ...]) -> list[np.ndarray]:
     """Frames of a real video at the given times (s), as (H, W, 3) uint8."""
-    try:
-        from media import read_video
-    except ImportError:  # TEMPORARY until media/ lands
-        from training._fallback import read_video
+    from media import read_video
 
     clip = read_video(str(path))
     last = len(clip.frames) - 1

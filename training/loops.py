@@ -58,8 +58,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 20  # linear warm-up, then cosine decay to min_lr_ratio * peak
     min_lr_ratio: float = 0.1
-    control_dropout: float = 0.4  # probability that a control is absent for a whole clip
-    span_dropout: float = 0.2  # probability that a kept control loses a random span of frames
+    # the model hides each control for a whole clip itself (GeneratorConfig.control_dropout); these add
+    # more, and spans: a control present for part of a clip, as a user's track may be
+    control_dropout: float = 0.0  # probability that a control is absent for a whole clip
+    span_dropout: float = 0.15  # probability that a kept control loses a random span of frames
     deepspeed_config: str = str(DEFAULT_DEEPSPEED_CONFIG)  # JSON: ZeRO stage, precision, clipping
     checkpoint_every: int = 100  # global steps between checkpoints
     log_every: int = 10  # steps between logged metrics
@@ -173,6 +175,7 @@ class BatchSampler:
         self.dataset = dataset
         self.config = config
         self.rng = np.random.default_rng([config.seed, rank])
+        self.model_controls = list(control_names)
         self.control_names = [c for c in control_names if c in dataset.controls]
         if config.clip_frames > dataset.clip_frames:
             raise ValueError(f"clip_frames={config.clip_frames} exceeds the data set's {dataset.clip_frames} frames per clip")
@@ -219,13 +222,16 @@ class BatchSampler:
                     b = int(self.rng.integers(a + 1, cfg.clip_frames + 1))
                     labels[a:b, k] = np.nan
             controls.append(labels)
-        stacked = np.stack(controls)  # (B, F, K)
+        stacked = np.stack(controls)  # (B, F, K) in the data set's order
+        values = np.full((*stacked.shape[:2], len(self.model_controls)), np.nan, np.float32)  # (B, F, C)
+        for c, name in enumerate(self.model_controls):
+            if name in self.control_names:
+                values[:, :, c] = stacked[:, :, ds.controls.index(name)]
         return {
             "portrait": self._images(np.stack(portraits)),  # (B, 3, S, S)
             "frames": self._images(np.stack(frames)),  # (B, F, 3, S, S)
             "audio": torch.from_numpy(np.stack(audio).astype(np.float32)),  # (B, N)
-            "controls": {name: torch.from_numpy(stacked[:, :, ds.controls.index(name)].copy())
-                         for name in self.control_names},  # name -> (B, F)
+            "controls": torch.from_numpy(values),  # (B, F, C) in the model's CONTROL_NAMES order, NaN = absent
         }
 
 
@@ -340,7 +346,7 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
 
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) both stages; returns where the final checkpoint went and the loss history."""
-    from model import CONTROL_SPECS, Generator, get_preset
+    from model import CONTROL_NAMES, Generator, get_preset
 
     init_distributed()
     import torch.distributed as dist
@@ -359,7 +365,7 @@ def train(config: TrainConfig) -> TrainResult:
             raise ValueError(f"preset {config.preset!r} renders {generator_config.image_size}px frames but the "
                              f"data set {config.dataset} holds {dataset.image_size}px frames")
         generator = Generator(generator_config)
-    sampler = BatchSampler(dataset, config, list(CONTROL_SPECS), rank)
+    sampler = BatchSampler(dataset, config, list(CONTROL_NAMES), rank)
     tracker = _Tracker(config, rank)
     history: dict[str, list[tuple[int, float]]] = {}
     done = resume_state.step if resume_state else 0

@@ -10,7 +10,7 @@ Per video (one task per file, fanned out over the cluster):
   generator must render it. Controls per frame from the offline landmarker, relative to the clip's
   first frame (the clip's portrait), the same convention as the puppet's labels:
     yaw/pitch/roll = faces.head_pose(frame) - head_pose(first frame), degrees
-    blink          = eye_openness(frame) / eye_openness(first frame), clipped to 0..1
+    blink          = faces.eye_openness(frame), the control's unit (0 closed .. 1 open)
     gaze_x/gaze_y, lip = NaN (no estimator for them here: the model learns them as absent)
   Clips where the face is lost on more than MAX_LOST_FRACTION of frames are dropped; lost frames
   inside a kept clip get NaN controls.
@@ -126,7 +126,6 @@ class VideoToShard:
         if ref_landmarks is None:
             return None
         ref_pose = np.asarray(head_pose(ref_landmarks, frames[0].shape))
-        ref_open = max(float(eye_openness(ref_landmarks)), 1e-3)
         labels = np.full((len(frames), len(PUPPET_CONTROLS)), np.nan, np.float32)
         lost = 0
         for f, frame in enumerate(frames):
@@ -135,7 +134,7 @@ class VideoToShard:
                 lost += 1
                 continue
             yaw, pitch, roll = np.asarray(head_pose(landmarks, frame.shape)) - ref_pose
-            labels[f, :4] = (yaw, pitch, roll, np.clip(float(eye_openness(landmarks)) / ref_open, 0.0, 1.0))
+            labels[f, :4] = (yaw, pitch, roll, float(eye_openness(landmarks)))
         if lost > MAX_LOST_FRACTION * len(frames):
             return None
         return Clip(portrait=crops[0], frames=crops, audio=audio, controls=labels, info=info)

@@ -10,9 +10,10 @@ moved by hand-written rules and whose pixels follow them through a thin-plate-sp
   landmarker. `lip` (0..1) scales the whole motion.
 - eyes: `blink` is eye openness (1 = the portrait's own, 0 = closed); upper lids move onto the lower
   lids and the lid skin stretches over the eye. `gaze_x`/`gaze_y` (-1..1) slide the iris inside the eye.
-- head: `yaw`/`pitch`/`roll` (degrees, relative to the portrait's own pose) rotate the landmarks lifted
-  onto a generic 3-D face (an ellipsoid with a nose), projected orthographically; the image border
-  stays put, so the background bends smoothly around the head.
+- head: `yaw`/`pitch`/`roll` (degrees, relative to the portrait's own pose, in the units
+  faces.head_pose measures on the output) rotate the landmarks lifted onto a generic 3-D face (an
+  ellipsoid with a nose), projected orthographically; the image border stays put, so the background
+  bends smoothly around the head.
 
 Departures from a real face: no new pixels are synthesised (a turned head shows the same cheek
 stretched, not the hidden ear), the teeth are a flat band, and expression (the categorical control)
@@ -24,6 +25,7 @@ Shapes: F frames, S image size, N audio samples; images are (S, S, 3) uint8 RGB.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import cv2
@@ -56,6 +58,11 @@ class PuppetConfig:
     attack: float = 0.7  # per-frame smoothing of the opening when it rises (1 = instant)
     release: float = 0.45  # per-frame smoothing of the opening when it falls
     tps_regularisation: float = 1e-3  # thin-plate-spline smoothing (pixels^2)
+    # commanded angles are in the units faces.head_pose measures on the output; the generic 3-D face
+    # turns by command / gain (gains measured on the training portraits; pitch's sign differs)
+    yaw_gain: float = 1.8
+    pitch_gain: float = -0.6
+    roll_gain: float = 1.0
 
 
 @dataclass
@@ -103,7 +110,8 @@ class MouthTrack:
 
 
 def num_video_frames(num_samples: int, fps: float, sample_rate: int = AUDIO_SAMPLE_RATE) -> int:
-    return max(1, int(round(num_samples / sample_rate * fps)))
+    """Frames covering the audio, rounded up: the same count as model.num_frames_for."""
+    return max(1, math.ceil(num_samples * fps / sample_rate - 1e-9))
 
 
 def speech_mouth_track(audio: np.ndarray, fps: float, num_frames: int | None = None,
@@ -287,7 +295,8 @@ class Puppet:
         closing = 1.0 - float(np.clip(blink, 0.0, 1.0))
         for upper, lower in UPPER_LID_TO_LOWER.items():
             pts[upper] += (self._points3d[lower] - self._points3d[upper]) * closing * 0.85
-        rotation = rotation_matrix(yaw, pitch, roll)
+        cfg = self.config
+        rotation = rotation_matrix(yaw / cfg.yaw_gain, pitch / cfg.pitch_gain, roll / cfg.roll_gain)
         # rotating about the landmarks' own centre keeps the head in place, as the aligned crop expects
         pivot = np.array([self._centre[0], self._centre[1], self._points3d[:, 2].mean() - self.config.pivot_depth * w])
         rotated = (pts - pivot) @ rotation.T + pivot

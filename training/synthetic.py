@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from faces import eye_openness
 
 from training import ingredients
 from training.ingredients import AUDIO_SAMPLE_RATE, AlignedPortrait, SpeechClip
@@ -59,8 +60,8 @@ class SyntheticConfig:
     include_flite: bool = True  # Debian flite voices when installed
     held_out_portraits: tuple[str, ...] = ("biden.jpg",)
     held_out_speech: tuple[str, ...] = ("english.wav",)
-    max_yaw: float = 25.0  # degrees
-    max_pitch: float = 12.0  # degrees
+    max_yaw: float = 35.0  # degrees, as faces.head_pose measures them
+    max_pitch: float = 8.0  # degrees
     max_roll: float = 8.0  # degrees
     blinks_per_second: float = 0.35
     puppet: PuppetConfig = field(default_factory=PuppetConfig)
@@ -154,8 +155,8 @@ def augment(portrait: AlignedPortrait, rng: np.random.Generator) -> tuple[Aligne
     image = portrait.image.astype(np.float32)
     landmarks = portrait.landmarks.copy()
     # geometry: a small similarity jitter, applied to the landmarks too
-    angle, scale = rng.uniform(-4, 4), rng.uniform(0.95, 1.05)
-    shift = rng.uniform(-0.02, 0.02, 2) * size
+    angle, scale = rng.uniform(-5, 5), rng.uniform(0.9, 1.1)
+    shift = rng.uniform(-0.04, 0.04, 2) * size
     matrix = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), angle, scale)
     matrix[:, 2] += shift
     image = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
@@ -259,7 +260,11 @@ def make_clip(index: int, portraits: list[AlignedPortrait], speech: list[SpeechC
     audio = (audio * rng.uniform(0.5, 1.5)).clip(-1, 1).astype(np.float32)
     controls = sample_controls(rng, config.clip_frames, config.fps, config)
     puppet = Puppet(portrait.image, portrait.landmarks, config.puppet)
-    frames = np.stack([f.image for f in puppet.animate(audio, config.fps, controls)])  # (F, S, S, 3)
+    rendered = puppet.animate(audio, config.fps, controls)
+    frames = np.stack([f.image for f in rendered])  # (F, S, S, 3)
+    # blink is labelled in faces.eye_openness units (the control's unit), measured on the landmarks the
+    # puppet placed, so 1 means an open eye whatever the portrait's own eyes look like
+    controls.blink = np.array([eye_openness(f.landmarks) for f in rendered], np.float32)
     # the clip's reference (identity) frame is the augmented portrait itself: the puppet at rest
     labels = np.stack([controls.as_dict()[name] for name in PUPPET_CONTROLS], axis=1)  # (F, K)
     info = {"index": index, "portrait": portrait.name, "speech": source.name, "speech_offset": offset,

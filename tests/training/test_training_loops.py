@@ -13,8 +13,9 @@ from training.loops import TrainConfig, load_deepspeed_config, lr_lambda, train
 from training.shards import ClipDataset
 from training.synthetic import SyntheticConfig, build_synthetic_dataset
 
-# the smallest generator the model package allows, so that a CPU test step takes well under a second
-MICRO = dict(image_size=64)
+# a micro generator (the tiny preset's layout, narrower and shallower) so that a CPU step takes ~0.1 s
+MICRO = dict(image_size=64, vae_channels=(8, 16, 32), latent_channels=4, d_model=64, n_layers=1, n_heads=2,
+             window_frames=4)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +62,17 @@ def test_a_restarted_run_resumes_from_the_last_checkpoint(dataset, tmp_path):
     assert "vae/total" not in resumed.history, "the finished VAE stage ran again"
 
 
-def test_checkpoints_go_to_object_storage(dataset, s3_server, s3_bucket, monkeypatch):
+def test_checkpoints_go_to_object_storage(dataset, s3_server, monkeypatch):
+    import uuid
+
+    import s3fs
+
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
+    # a bucket made without a LocationConstraint (conftest's s3_bucket sends us-east-1, which S3 rejects)
+    s3_bucket = f"train-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(key=s3_server.access_key, secret=s3_server.secret_key,
+                      client_kwargs={"endpoint_url": s3_server.endpoint_url}).mkdir(s3_bucket)
     output = f"s3://{s3_bucket}/runs/r1"
     result = train(config_for(dataset, output, vae_steps=2, steps=2, checkpoint_every=2))
     fs = s3_server.filesystem()
@@ -96,13 +105,20 @@ def test_learning_rate_warms_up_then_decays():
     assert values[-1] == pytest.approx(0.1, abs=0.02) and np.all(np.diff(values[4:]) <= 1e-12)
 
 
-def test_control_dropout_leaves_some_controls_absent(dataset):
+def test_control_batches_follow_the_model_order_with_extra_dropout(dataset):
+    from model import CONTROL_NAMES
+
     from training.loops import BatchSampler
 
     ds = ClipDataset(dataset)
     sampler = BatchSampler(ds, config_for(dataset, "unused", control_dropout=0.5, span_dropout=0.0),
-                           ["yaw", "blink", "lip"])
+                           list(CONTROL_NAMES))
     batches = [sampler.clip_batch() for _ in range(20)]
-    absent = np.mean([torch.isnan(b["controls"]["yaw"]).all(dim=1).float().mean().item() for b in batches])
+    yaw = CONTROL_NAMES.index("yaw")
+    absent = np.mean([torch.isnan(b["controls"][:, :, yaw]).all(dim=1).float().mean().item() for b in batches])
     assert 0.2 < absent < 0.8, f"yaw absent in {absent:.0%} of clips with dropout 0.5"
-    assert batches[0]["frames"].shape == (2, 8, 3, 64, 64) and batches[0]["audio"].shape == (2, 8 * 640)
+    expression = CONTROL_NAMES.index("expression")
+    assert all(torch.isnan(b["controls"][:, :, expression]).all() for b in batches), "the puppet has no expression"
+    first = batches[0]
+    assert first["frames"].shape == (2, 8, 3, 64, 64) and first["audio"].shape == (2, 8 * 640)
+    assert first["controls"].shape == (2, 8, len(CONTROL_NAMES))
