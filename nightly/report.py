@@ -43,6 +43,7 @@ class ReportInputs:
 def metric_columns_of(results: pd.DataFrame, known: list[str] | None = None) -> list[str]:
     """Numeric per-video metric columns with data (`known` = metrics.schema.METRIC_COLUMNS when available)."""
     candidates = known if known is not None else [c for c in results.columns if c not in NON_METRIC_COLUMNS]
+    candidates = [c for c in candidates if not c.startswith("metrics_")]  # bookkeeping (time, frames analysed)
     return [c for c in candidates if c in results.columns and pd.api.types.is_numeric_dtype(results[c])
             and results[c].notna().any()]
 

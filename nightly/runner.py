@@ -223,9 +223,26 @@ def night_results(config: NightlyConfig, ledger: Ledger) -> pd.DataFrame:
     return merged.reset_index(drop=True)
 
 
-def write_parquet(frame: pd.DataFrame, uri: str) -> None:
+def write_results(frame: pd.DataFrame, uri: str) -> None:
+    """The night's rows as a results file of metrics.schema (versioned; tags, attempt included, as strings),
+    so `eartalk compare` and metrics.aggregate read it like any render's results."""
+    from metrics.schema import BASE_COLUMNS, METRIC_COLUMNS, results_schema
+
+    known = BASE_COLUMNS | METRIC_COLUMNS
+    tags = [c for c in frame.columns if c not in known]
+    schema = results_schema(tags)
+    columns = {}
+    for field in schema:
+        if field.name not in frame:
+            columns[field.name] = pa.nulls(len(frame), field.type)
+        elif field.name in known:
+            values = frame[field.name].astype(object).where(frame[field.name].notna(), None)
+            columns[field.name] = pa.array(values.tolist(), type=field.type, from_pandas=True)
+        else:
+            values = frame[field.name].where(frame[field.name].notna(), None)
+            columns[field.name] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    pq.write_table(pa.Table.from_pydict(columns, schema=schema), buffer)
     storage.write_bytes_atomic(uri, buffer.getvalue())
 
 
@@ -388,7 +405,7 @@ def run_nightly(config: NightlyConfig) -> NightlyOutcome:
     model_version = ",".join(versions) or None
     results_uri = storage.join(config.night_uri, "results.parquet") if len(tonight) else None
     if results_uri:
-        write_parquet(tonight, results_uri)
+        write_results(tonight, results_uri)
 
     # MLflow: one night run (reopened on a re-run) with one nested run per language. The render may have
     # set its own active experiment in this process; the night's runs live in the nightly experiment.
