@@ -25,37 +25,60 @@ def fps_fraction(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
+class Mp4Writer:
+    """Incremental H.264 (yuv420p) + AAC writer: add frames as they are generated, then `close(audio)`."""
+
+    def __init__(self, path: str | Path, fps: float, audio_sample_rate: int | None = MODEL_SAMPLE_RATE):
+        self.path = Path(path)
+        self.fps = fps
+        self.frames = 0
+        self.container = av.open(str(self.path), mode="w", format="mp4")
+        self.video = self.container.add_stream("libx264", rate=fps_fraction(fps))
+        self.video.pix_fmt = "yuv420p"
+        self.video.options = {"crf": CRF, "preset": "veryfast"}
+        # every stream must exist before the first packet is muxed (the header is written then)
+        self.audio = None
+        if audio_sample_rate:
+            self.audio = self.container.add_stream("aac", rate=audio_sample_rate)
+            self.audio.layout = "mono"
+
+    def add(self, image: np.ndarray) -> None:
+        """One (H, W, 3) uint8 RGB frame."""
+        if self.frames == 0:
+            self.video.height, self.video.width = image.shape[:2]
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        self.container.mux(self.video.encode(frame))
+        self.frames += 1
+
+    def close(self, audio: np.ndarray | None) -> int:
+        """Flush the video, write the mono float audio track, finish the file; returns the frame count."""
+        try:
+            if self.frames == 0:
+                raise MediaError(f"{self.path}: no frames to encode")
+            self.container.mux(self.video.encode())
+            if (audio is None) != (self.audio is None):
+                raise ValueError("audio must be given exactly when the writer was opened with an audio sample rate")
+            if audio is not None:
+                stream, sample_rate = self.audio, self.audio.rate
+                samples = np.asarray(audio, dtype=np.float32).reshape(1, -1)
+                for start in range(0, samples.shape[1], AAC_FRAME):
+                    chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + AAC_FRAME]), format="fltp", layout="mono")
+                    chunk.sample_rate = sample_rate
+                    chunk.pts = start
+                    self.container.mux(stream.encode(chunk))
+                self.container.mux(stream.encode())
+        finally:
+            self.container.close()
+        return self.frames
+
+
 def encode_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, audio: np.ndarray | None,
                sample_rate: int = MODEL_SAMPLE_RATE) -> int:
     """Write (H, W, 3) uint8 RGB frames + mono float audio to an MP4 at `path`. Returns the frame count."""
-    path = Path(path)
-    count = 0
-    with av.open(str(path), mode="w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=fps_fraction(fps))
-        video.pix_fmt = "yuv420p"
-        video.options = {"crf": CRF, "preset": "veryfast"}
-        astream = None
-        if audio is not None:
-            astream = container.add_stream("aac", rate=sample_rate)
-            astream.layout = "mono"
-        for image in frames:
-            if count == 0:
-                video.height, video.width = image.shape[:2]
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            container.mux(video.encode(frame))
-            count += 1
-        container.mux(video.encode())  # flush
-        if astream is not None:
-            samples = np.asarray(audio, dtype=np.float32).reshape(1, -1)
-            for start in range(0, samples.shape[1], AAC_FRAME):
-                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + AAC_FRAME]), format="fltp", layout="mono")
-                chunk.sample_rate = sample_rate
-                chunk.pts = start
-                container.mux(astream.encode(chunk))
-            container.mux(astream.encode())
-    if count == 0:
-        raise MediaError(f"{path}: no frames to encode")
-    return count
+    writer = Mp4Writer(path, fps, sample_rate if audio is not None else None)
+    for image in frames:
+        writer.add(image)
+    return writer.close(audio)
 
 
 @dataclass
