@@ -34,15 +34,23 @@ def inter_ocular(landmarks: np.ndarray) -> float:
 
 
 def head_pose(landmarks: np.ndarray, image_shape: tuple[int, ...]) -> tuple[float, float, float]:
-    """(yaw, pitch, roll) in degrees from a PnP fit of a generic 3-D face."""
-    h, w = image_shape[:2]
-    focal = 10.0 * max(h, w)  # near-orthographic: a short focal makes yaw and pitch flip with the crop
-    camera = np.array([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1]], dtype=np.float64)
-    image_points = landmarks[PNP_INDICES].astype(np.float64)
-    ok, rvec, _ = cv2.solvePnP(MODEL_POINTS, image_points, camera, None, flags=cv2.SOLVEPNP_ITERATIVE)
-    if not ok:
+    """(yaw, pitch, roll) in degrees from a scaled-orthographic fit of a generic 3-D face.
+
+    A linear least-squares affine camera (2x3) maps the centred model points to the centred landmarks; its
+    rows, orthonormalised, give the rotation. Unlike iterative PnP with a long focal length, this has no
+    local minima: PnP flipped between +-30 degrees of yaw on frontal frames of real talking video.
+    `image_shape` is kept for the signature (orthographic: the crop does not matter).
+    """
+    model = MODEL_POINTS - MODEL_POINTS.mean(0)
+    points = landmarks[PNP_INDICES].astype(np.float64)
+    if not np.isfinite(points).all():
         return math.nan, math.nan, math.nan
-    R, _ = cv2.Rodrigues(rvec)
+    points = points - points.mean(0)
+    affine = np.linalg.lstsq(model, points, rcond=None)[0].T  # (2, 3): points ~ affine @ model
+    r1 = affine[0] / (np.linalg.norm(affine[0]) + 1e-12)
+    r2 = affine[1] - r1 * (r1 @ affine[1])
+    r2 = r2 / (np.linalg.norm(r2) + 1e-12)
+    R = np.stack([r1, r2, np.cross(r1, r2)])
     # R = Rz(roll) @ Ry(yaw) @ Rx(pitch), camera looking along +z with y down
     yaw = math.degrees(math.asin(max(-1.0, min(1.0, -R[2, 0]))))
     pitch = math.degrees(math.atan2(R[2, 1], R[2, 2]))

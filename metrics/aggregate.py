@@ -1,0 +1,45 @@
+"""Run-level aggregates of a results table, under stable MLflow metric names.
+
+`quality/<metric>/mean|p10|p50|p90` for every metric column with data among rows with status 'ok',
+`quality/failure_rate` (failed rows over rows that were attempted, skipped ones excluded),
+`quality/rows_ok`, and `quality/frames_per_s` (rendered frames over summed render + encode seconds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .schema import METRIC_COLUMNS
+
+STATS = {"mean": np.mean, "p10": lambda v: np.percentile(v, 10), "p50": np.median, "p90": lambda v: np.percentile(v, 90)}
+NOT_AGGREGATED = {"learned_metrics_reason"}
+
+
+def metric_name(metric: str, stat: str) -> str:
+    return f"quality/{metric}/{stat}"
+
+
+def aggregate_metrics(results: pd.DataFrame) -> dict[str, float]:
+    """Aggregates of `results` (one row per manifest row); metrics without data are left out, not zero."""
+    out: dict[str, float] = {}
+    status = results["status"] if "status" in results else pd.Series(["ok"] * len(results), index=results.index)
+    attempted = status.isin(["ok", "failed"])
+    out["quality/failure_rate"] = float((status == "failed").sum() / attempted.sum()) if attempted.any() else 0.0
+    ok = results[status == "ok"]
+    out["quality/rows_ok"] = float(len(ok))
+    for metric in METRIC_COLUMNS:
+        if metric in NOT_AGGREGATED or metric not in ok:
+            continue
+        values = pd.to_numeric(ok[metric], errors="coerce").to_numpy(np.float64)
+        values = values[np.isfinite(values)]
+        if values.size:
+            out |= {metric_name(metric, stat): float(fn(values)) for stat, fn in STATS.items()}
+    if {"frames", "render_s"} <= set(ok.columns) and len(ok):
+        seconds = pd.to_numeric(ok["render_s"], errors="coerce").fillna(0).sum()
+        if "encode_s" in ok:
+            seconds += pd.to_numeric(ok["encode_s"], errors="coerce").fillna(0).sum()
+        frames = pd.to_numeric(ok["frames"], errors="coerce").fillna(0).sum()
+        if seconds > 0:
+            out["quality/frames_per_s"] = float(frames / seconds)
+    return out

@@ -1,0 +1,212 @@
+"""Compare a run's per-video metrics with a baseline run's: deltas, thresholds, worst rows, a report.
+
+Each run's results are found through its `eartalk.results_uri` tag (docs/ARCHITECTURE.md). Per metric
+the means over 'ok' rows are compared; a metric regresses when it got worse (by its direction in
+metrics.schema) by more than its threshold. Thresholds are absolute allowed worsening in the metric's
+units (`DEFAULT_THRESHOLDS`; others: 10 % of the baseline's magnitude); a JSON file maps metric names
+to numbers to override them. `quality/failure_rate` is compared too (threshold 0.05).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .aggregate import aggregate_metrics
+from .schema import ABS_LOWER_IS_BETTER, HIGHER_IS_BETTER, LOWER_IS_BETTER, METRIC_COLUMNS, REPORT_METRIC, read_results
+
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "sync_offset_frames": 1.0, "sync_confidence": 0.05, "identity_distance_mean": 0.05, "identity_distance_max": 0.08,
+    "identity_drift": 0.05, "face_detected_ratio": 0.05, "yaw_corr": 0.05, "pitch_corr": 0.05, "roll_corr": 0.05,
+    "blink_corr": 0.05, "yaw_mae_deg": 2.0, "pitch_mae_deg": 2.0, "roll_mae_deg": 2.0, "blink_mae": 0.05,
+    "brisque": 3.0, "ref_psnr": 0.5, "ref_ssim": 0.02, "ref_lmd": 1.0, "failure_rate": 0.05,
+}
+RELATIVE_DEFAULT = 0.10
+WORST_ROWS = 5
+TAG_KEYS = ("eartalk.tag", "eartalk.baseline")  # a baseline may be named by one of these tags' values
+
+
+class CompareError(ValueError):
+    """A run or baseline that cannot be compared (names the run and the cause)."""
+
+
+@dataclass
+class Comparison:
+    run_id: str
+    baseline_run_id: str
+    table: pd.DataFrame  # metric, baseline, current, delta, threshold, direction, regressed
+    worst_rows: pd.DataFrame
+    regressed: bool
+    current: pd.DataFrame = field(repr=False)
+    baseline: pd.DataFrame = field(repr=False)
+
+    def to_json(self) -> dict:
+        rows = json.loads(self.table.to_json(orient="records"))
+        worst = json.loads(self.worst_rows.to_json(orient="records"))
+        return {"run": self.run_id, "baseline": self.baseline_run_id, "regressed": self.regressed,
+                "regressed_metrics": [r["metric"] for r in rows if r["regressed"]], "metrics": rows, "worst_rows": worst}
+
+
+def direction(metric: str) -> str:
+    if metric in HIGHER_IS_BETTER:
+        return "higher"
+    if metric in LOWER_IS_BETTER or metric == "failure_rate":
+        return "lower"
+    if metric in ABS_LOWER_IS_BETTER:
+        return "abs_lower"
+    return "none"
+
+
+def load_thresholds(path: str | Path | None) -> dict[str, float]:
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    if path is None:
+        return thresholds
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CompareError(f"{path}: cannot read thresholds ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+        raise CompareError(f"{path}: thresholds must be a JSON object of metric name -> number")
+    unknown = sorted(set(data) - set(METRIC_COLUMNS) - {"failure_rate"})
+    if unknown:
+        raise CompareError(f"{path}: unknown metric(s) {unknown}")
+    return thresholds | {k: float(v) for k, v in data.items()}
+
+
+def compare_frames(current: pd.DataFrame, baseline: pd.DataFrame, thresholds: dict[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-metric table, worst rows of `current`) for two results tables."""
+    thresholds = thresholds or dict(DEFAULT_THRESHOLDS)
+    cur_agg, base_agg = aggregate_metrics(current), aggregate_metrics(baseline)
+    rows = []
+    names = [m for m in METRIC_COLUMNS if direction(m) != "none"] + ["failure_rate"]
+    for metric in names:
+        key = "quality/failure_rate" if metric == "failure_rate" else f"quality/{metric}/mean"
+        if key not in cur_agg or key not in base_agg:
+            continue
+        b, c = base_agg[key], cur_agg[key]
+        way = direction(metric)
+        worse_by = {"higher": b - c, "lower": c - b, "abs_lower": abs(c) - abs(b)}[way]
+        limit = thresholds.get(metric, RELATIVE_DEFAULT * max(abs(b), 1e-9))
+        rows.append({"metric": metric, "baseline": b, "current": c, "delta": c - b, "threshold": limit,
+                     "direction": way, "regressed": bool(worse_by > limit)})
+    table = pd.DataFrame(rows, columns=["metric", "baseline", "current", "delta", "threshold", "direction", "regressed"])
+    return table, worst_rows(current)
+
+
+def worst_rows(results: pd.DataFrame, metric: str = REPORT_METRIC, count: int = WORST_ROWS) -> pd.DataFrame:
+    """The `count` rows worst by `metric` (failed rows first), with id, status, error and the metric."""
+    columns = [c for c in ("id", "status", "error", "output_uri", metric) if c in results]
+    frame = results[columns].copy()
+    if metric not in frame:
+        frame[metric] = np.nan
+    value = pd.to_numeric(frame[metric], errors="coerce")
+    badness = -value if direction(metric) == "higher" else value
+    frame["_failed"] = (frame["status"] != "ok") if "status" in frame else False
+    frame["_bad"] = badness.fillna(np.inf)
+    frame = frame.sort_values(["_failed", "_bad"], ascending=[False, False]).head(count)
+    return frame.drop(columns=["_failed", "_bad"]).reset_index(drop=True)
+
+
+def resolve_run(client, run_or_tag: str) -> str:
+    """A run id as given, or the newest run whose `eartalk.tag`/`eartalk.baseline` tag or name is `run_or_tag`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_or_tag).info.run_id
+    except MlflowException:
+        pass
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    quoted = run_or_tag.replace("'", "\\'")
+    for filter_string in [f"tags.`{k}` = '{quoted}'" for k in TAG_KEYS] + [f"tags.`mlflow.runName` = '{quoted}'"]:
+        runs = client.search_runs(experiments, filter_string, order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            return runs[0].info.run_id
+    raise CompareError(f"{run_or_tag}: no MLflow run with this id, {' / '.join(TAG_KEYS)} tag or run name")
+
+
+def run_results(client, run_id: str) -> pd.DataFrame:
+    run = client.get_run(run_id)
+    uri = run.data.tags.get("eartalk.results_uri")
+    if not uri:
+        raise CompareError(f"run {run_id}: no eartalk.results_uri tag (not a render/nightly run?)")
+    return read_results(uri)
+
+
+def compare_runs(run: str, baseline: str, tracking_uri: str | None = None, thresholds: dict[str, float] | None = None) -> Comparison:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run_id, baseline_id = resolve_run(client, run), resolve_run(client, baseline)
+    current, base = run_results(client, run_id), run_results(client, baseline_id)
+    table, worst = compare_frames(current, base, thresholds)
+    return Comparison(run_id, baseline_id, table, worst, bool(table["regressed"].any()), current, base)
+
+
+def markdown_report(comparison: Comparison) -> str:
+    def fmt(x) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else (f"{x:.4g}" if isinstance(x, float) else str(x))
+
+    lines = [f"# Metrics comparison: `{comparison.run_id}` vs baseline `{comparison.baseline_run_id}`", "",
+             f"**{'REGRESSED' if comparison.regressed else 'no regression'}** "
+             f"({int(comparison.table['regressed'].sum())} of {len(comparison.table)} metrics beyond threshold)", "",
+             "| metric | baseline | current | delta | threshold | better | regressed |", "|---|---|---|---|---|---|---|"]
+    for r in comparison.table.itertuples():
+        lines.append(f"| {r.metric} | {fmt(r.baseline)} | {fmt(r.current)} | {fmt(r.delta)} | {fmt(r.threshold)} | "
+                     f"{r.direction} | {'**yes**' if r.regressed else 'no'} |")
+    lines += ["", f"## Worst rows (by {REPORT_METRIC})", "", "| " + " | ".join(comparison.worst_rows.columns) + " |",
+              "|" + "---|" * len(comparison.worst_rows.columns)]
+    for r in comparison.worst_rows.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v) for v in r) + " |")
+    lines += ["", "![distributions](distributions.png)", ""]
+    return "\n".join(lines)
+
+
+def distributions_png(comparison: Comparison, max_metrics: int = 12) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in comparison.table["metric"] if m in METRIC_COLUMNS][:max_metrics] or ["(none)"]
+    cols = min(4, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for frame, label in ((comparison.baseline, "baseline"), (comparison.current, "current")):
+            if metric in frame:
+                ok = frame[frame["status"] == "ok"] if "status" in frame else frame
+                values = pd.to_numeric(ok[metric], errors="coerce").dropna()
+                if len(values):
+                    ax.hist(values, bins=20, alpha=0.5, label=label)
+        ax.set_title(metric, fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def log_report(comparison: Comparison, tracking_uri: str | None = None) -> str:
+    """Log compare.json, report.md and distributions.png to the compared run; returns the artifact folder."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    folder = f"compare/{comparison.baseline_run_id}"
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch)
+        (out / "compare.json").write_text(json.dumps(comparison.to_json(), indent=2))
+        (out / "report.md").write_text(markdown_report(comparison))
+        (out / "distributions.png").write_bytes(distributions_png(comparison))
+        client.log_artifacts(comparison.run_id, str(out), folder)
+    return folder
