@@ -1,0 +1,97 @@
+"""compute_video_metrics on videos made from real portraits: identity, commanded yaw, errors, reference."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from faces import align_face
+from media import encode_mp4, load_image
+from metrics import compute_video_metrics
+from metrics.schema import METRIC_COLUMNS
+from metrics.video import MetricsInputError, count_blinks
+
+FPS = 25.0
+SIZE = 256
+
+
+def turn_head(image: np.ndarray, yaw_deg: float, centre_x: float, radius: float) -> np.ndarray:
+    """The image with the head, modelled as a vertical cylinder of `radius` px around `centre_x`, turned by
+    `yaw_deg` (> 0: the nose moves toward image right); outside the cylinder pixels stay put."""
+    h, w = image.shape[:2]
+    xs = np.arange(w, dtype=np.float64)
+    u = np.clip((xs - centre_x) / radius, -1.0, 1.0)
+    phi = np.arcsin(u) - math.radians(yaw_deg)  # source angle seen at each destination column
+    src_x = np.where(np.abs(xs - centre_x) < radius, centre_x + radius * np.sin(np.clip(phi, -math.pi / 2, math.pi / 2)), xs)
+    map_x = np.repeat(src_x[None, :], h, axis=0).astype(np.float32)
+    map_y = np.repeat(np.arange(h, dtype=np.float32)[:, None], w, axis=1)
+    return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+@pytest.fixture(scope="module")
+def obama_video(shared_media, tmp_path_factory):
+    face = align_face(load_image(shared_media / "portraits" / "obama.jpg"), SIZE).image
+    path = tmp_path_factory.mktemp("videos") / "obama.mp4"
+    encode_mp4(path, [face] * 25, FPS, None, 16000)
+    return path
+
+
+def test_same_person_scores_under_0_6_and_another_person_over_it(obama_video, shared_media):
+    same = compute_video_metrics(obama_video, portrait_path=shared_media / "portraits" / "obama2.jpg")
+    other = compute_video_metrics(obama_video, portrait_path=shared_media / "portraits" / "biden.jpg")
+    assert same["identity_distance_mean"] < 0.6 and same["identity_distance_max"] < 0.6
+    assert other["identity_distance_mean"] > 0.6
+    assert same["identity_drift"] < 0.1  # a still face does not drift
+    assert set(same) == set(METRIC_COLUMNS)
+    assert same["sync_offset_frames"] is None  # no audio track: sync not measurable, not invented
+
+
+def test_commanded_yaw_track_is_recovered(shared_media, tmp_path):
+    aligned = align_face(load_image(shared_media / "portraits" / "obama.jpg"), SIZE)
+    centre_x = float(aligned.landmarks[27:31, 0].mean())
+    radius = 1.1 * float(np.ptp(aligned.landmarks[0:17, 0])) / 2
+    yaw = 20.0 * np.sin(np.linspace(0, 2 * np.pi, 50))  # degrees, two seconds
+    frames = [turn_head(aligned.image, y, centre_x, radius) for y in yaw]
+    path = tmp_path / "yaw.mp4"
+    encode_mp4(path, frames, FPS, None, 16000)
+    result = compute_video_metrics(path, controls={"yaw": yaw, "blink": np.full(50, np.nan)})
+    assert result["yaw_corr"] >= 0.9, result
+    assert result["yaw_range_deg"] > 10
+    assert result["blink_corr"] is None and result["blink_mae"] is None  # not commanded: not scored
+
+
+def test_blank_video_has_no_face_metrics_and_a_faceless_portrait_is_an_error(tmp_path, shared_media):
+    blank = tmp_path / "blank.mp4"
+    encode_mp4(blank, [np.full((SIZE, SIZE, 3), 128, np.uint8)] * 10, FPS, None, 16000)
+    result = compute_video_metrics(blank)
+    assert result["face_detected_ratio"] == 0.0
+    assert result["yaw_range_deg"] is None and result["blinks_per_min"] is None
+    assert result["background_flicker"] == pytest.approx(0.0, abs=0.5)
+    faceless = tmp_path / "grey.png"
+    cv2.imwrite(str(faceless), np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(MetricsInputError, match="grey.png: no face found"):
+        compute_video_metrics(blank, portrait_path=faceless)
+    with pytest.raises(MetricsInputError, match="missing.mp4"):
+        compute_video_metrics(tmp_path / "missing.mp4")
+
+
+def test_reference_metrics_of_a_video_against_itself_and_a_blurred_copy(obama_video, tmp_path):
+    same = compute_video_metrics(obama_video, reference_path=obama_video)
+    assert same["ref_psnr"] >= 60 and same["ref_ssim"] > 0.99 and same["ref_lmd"] < 0.5
+    from media import read_video
+
+    blurred = tmp_path / "blurred.mp4"
+    encode_mp4(blurred, [cv2.GaussianBlur(f, (9, 9), 3) for f in read_video(obama_video).frames], FPS, None, 16000)
+    worse = compute_video_metrics(blurred, reference_path=obama_video)
+    assert worse["ref_psnr"] < same["ref_psnr"] and worse["ref_ssim"] < same["ref_ssim"]
+    assert worse["sharpness"] < same["sharpness"]
+    assert "no weights configured" in same["learned_metrics_reason"] and same["lse_c"] is None
+
+
+def test_blinks_are_dips_from_open_to_closed():
+    openness = np.array([1, 1, 0.2, 0.1, 1, 1, 0.3, 0.9, 0.3, 1, np.nan, 0.1, 1.0])
+    assert count_blinks(openness, 0.45, 0.7) == 4  # 0.3 after 0.9 counts; NaN frames are skipped
+    assert count_blinks(np.array([0.2, 0.2, 1.0]), 0.45, 0.7) == 0  # starting closed is not a blink
