@@ -1,0 +1,76 @@
+"""`eartalk render`: render a manifest to MP4s + a results Parquet, tracked in MLflow.
+
+Locally (starts a local Ray):
+    eartalk render examples/manifest.jsonl --output out/demo
+
+On a cluster (loopback here; use your head's dashboard address):
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python -m jobs.render s3://bucket/manifests/today.jsonl --output s3://bucket/renders/today \
+        --actors 4 --gpus-per-actor 1 --tracking-uri http://mlflow:5000
+
+S3 endpoint and credentials come from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
+--s3-endpoint) and are never logged. Exit codes: 0 all rows ok (or failures within
+--max-failed-fraction), 1 failures beyond it, 2 usage or configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eartalk render", description="Render a manifest of (portrait, audio, controls) rows.")
+    p.add_argument("manifest", help="manifest URI (.jsonl, .csv or .parquet; local path, file:// or s3://)")
+    p.add_argument("--output", required=True, help="output URI: videos/, state/ and results/ are written under it")
+    p.add_argument("--run-id", help="run id; reuse one to resume (rows already published are skipped)")
+    p.add_argument("--checkpoint", help="checkpoint folder URI (model.safetensors + config.json); default: the shipped tiny one")
+    p.add_argument("--actors", type=int, default=1, help="generator actors (default 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0 = CPU actors)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    p.add_argument("--max-failed-fraction", type=float, default=0.0,
+                   help="exit 0 while failed rows / all rows stays at or below this (default 0)")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (default $AWS_ENDPOINT_URL)")
+    p.add_argument("--no-metrics", action="store_true", help="skip the per-video quality metrics stage")
+    p.add_argument("--experiment", default="eartalk-render", help="MLflow experiment name")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from model import CheckpointError
+    from pipelines.render import ConfigError, RenderConfig, run_render
+
+    # preflight: configuration problems exit 2 before any work starts
+    try:
+        config = RenderConfig(
+            manifest_uri=args.manifest, output_uri=args.output, run_id=args.run_id, checkpoint=args.checkpoint,
+            actors=args.actors, gpus_per_actor=args.gpus_per_actor, tracking_uri=args.tracking_uri,
+            max_failed_fraction=args.max_failed_fraction, s3_endpoint=args.s3_endpoint,
+            metrics=not args.no_metrics, experiment=args.experiment,
+        )
+        if args.gpus_per_actor > 0:
+            import ray
+
+            if not ray.is_initialized():
+                ray.init()
+            if ray.cluster_resources().get("GPU", 0) < args.gpus_per_actor:
+                raise ConfigError(f"--gpus-per-actor {args.gpus_per_actor} but the Ray cluster has "
+                                  f"{ray.cluster_resources().get('GPU', 0)} GPUs")
+        print(f"eartalk render: manifest={config.manifest_uri} output={config.output_uri} "
+              f"run_id={config.run_id or '(new)'} checkpoint={config.checkpoint or '(shipped default)'} "
+              f"actors={config.actors} gpus_per_actor={config.gpus_per_actor}", flush=True)
+        outcome = run_render(config)
+    except (ConfigError, CheckpointError) as e:
+        print(f"eartalk render: error: {e}", file=sys.stderr)
+        return 2
+    print(outcome.summary_table(), flush=True)
+    if outcome.exit_code:
+        print(f"eartalk render: failed rows exceed --max-failed-fraction {config.max_failed_fraction}", file=sys.stderr)
+    return outcome.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

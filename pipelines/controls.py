@@ -1,0 +1,124 @@
+"""Control tracks: a CSV / JSON / Parquet table of FCIC controls, aligned to the video's frames.
+
+Columns: `frame` (0-based video frame) or `time` (seconds), plus any of model.CONTROL_NAMES
+(yaw, pitch, roll, blink, gaze_x, gaze_y, expression, lip). An empty cell (CSV), null (JSON / Parquet)
+or a missing column means "absent": the model moves freely there. Explicit NaN / inf values, unknown
+columns and values outside a control's range are errors (they are almost always a broken export).
+
+Alignment: a `frame` track sets exactly the listed frames; a `time` track is interpolated linearly onto
+frame times (t / fps) between consecutive given samples, and is absent outside them.
+JSON is a list of records, e.g. [{"frame": 0, "yaw": 10}, {"frame": 1, "yaw": null, "blink": 0.2}].
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from model import CONTROL_NAMES, CONTROL_SPECS
+
+
+class ControlTrackError(ValueError):
+    pass
+
+
+def _parse_cell(value, column: str, index: int) -> float:
+    if value is None:
+        return math.nan  # absent
+    if isinstance(value, str):
+        value = value.strip()
+        if value == "":
+            return math.nan  # absent
+        try:
+            value = float(value)
+        except ValueError:
+            raise ControlTrackError(f"column {column!r}, entry {index}: {value!r} is not a number") from None
+    value = float(value)
+    if not math.isfinite(value):
+        raise ControlTrackError(f"column {column!r}, entry {index}: {value} (NaN/inf are not allowed; leave the cell empty for 'absent')")
+    return value
+
+
+def read_table(data: bytes, name: str) -> pd.DataFrame:
+    lower = name.lower()
+    try:
+        if lower.endswith(".csv"):
+            return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        if lower.endswith(".json"):
+            records = json.loads(data, parse_constant=lambda c: c)  # keep NaN/Infinity as strings: rejected below
+            if isinstance(records, dict) and "frames" in records:
+                records = records["frames"]
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise ControlTrackError("JSON control track must be a list of records")
+            return pd.DataFrame.from_records(records).astype(object).where(lambda d: d.notna(), None)
+        if lower.endswith(".parquet"):
+            df = pd.read_parquet(io.BytesIO(data))
+            # Parquet nulls are absent; float NaN stored as a value is an error
+            return df.astype(object).where(pd.DataFrame(~df.isna().to_numpy() | _nan_values(df), columns=df.columns), None)
+    except ControlTrackError:
+        raise
+    except Exception as e:
+        raise ControlTrackError(f"cannot parse control track ({type(e).__name__}: {e})") from None
+    raise ControlTrackError("unknown control track format (use .csv, .json or .parquet)")
+
+
+def _nan_values(df: pd.DataFrame) -> np.ndarray:
+    """True where a Parquet float column holds a real NaN (not a null)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    out = np.zeros(df.shape, dtype=bool)
+    for j, col in enumerate(table.columns):
+        if pa.types.is_floating(col.type):
+            arr = col.to_numpy(zero_copy_only=False)
+            nulls = col.is_null().to_numpy(zero_copy_only=False)
+            out[:, j] = np.isnan(arr.astype(float)) & ~nulls
+    return out
+
+
+def parse_control_track(data: bytes, name: str, fps: float, num_frames: int) -> dict[str, np.ndarray]:
+    """Bytes of a control track -> {control: (num_frames,) float32 with NaN where absent}."""
+    df = read_table(data, name)
+    keys = [c for c in ("frame", "time") if c in df.columns]
+    if len(keys) != 1:
+        raise ControlTrackError("control track needs exactly one of the columns 'frame' or 'time'")
+    key = keys[0]
+    unknown = sorted(set(df.columns) - {key} - set(CONTROL_NAMES))
+    if unknown:
+        raise ControlTrackError(f"unknown control column(s) {unknown}; known controls: {', '.join(CONTROL_NAMES)}")
+    where = np.array([_parse_cell(v, key, i) for i, v in enumerate(df[key].tolist())], dtype=np.float64)
+    if np.isnan(where).any():
+        raise ControlTrackError(f"column {key!r} has empty entries")
+    tracks: dict[str, np.ndarray] = {}
+    for name_ in [c for c in df.columns if c != key]:
+        spec = CONTROL_SPECS[name_]
+        values = np.array([_parse_cell(v, name_, i) for i, v in enumerate(df[name_].tolist())], dtype=np.float64)
+        bad = ~np.isnan(values) & ((values < spec.min) | (values > spec.max))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ControlTrackError(f"column {name_!r}, entry {i}: {values[i]} outside [{spec.min}, {spec.max}] {spec.unit}")
+        if spec.kind == "categorical" and not np.all(np.isnan(values) | (values == np.round(values))):
+            raise ControlTrackError(f"column {name_!r}: categories must be integers 0..{len(spec.categories) - 1}")
+        track = np.full(num_frames, np.nan, dtype=np.float32)
+        given = ~np.isnan(values)
+        if key == "frame":
+            frames = where[given].astype(int)
+            inside = (frames >= 0) & (frames < num_frames)
+            track[frames[inside]] = values[given][inside]
+        elif given.sum() >= 1:
+            t_given, v_given = where[given], values[given]
+            order = np.argsort(t_given)
+            t_given, v_given = t_given[order], v_given[order]
+            t_frames = np.arange(num_frames) / fps
+            inside = (t_frames >= t_given[0]) & (t_frames <= t_given[-1])
+            if spec.kind == "categorical":  # hold the last category, never blend two
+                idx = np.searchsorted(t_given, t_frames[inside], side="right") - 1
+                track[inside] = v_given[np.clip(idx, 0, len(v_given) - 1)]
+            else:
+                track[inside] = np.interp(t_frames[inside], t_given, v_given)
+        tracks[name_] = track
+    return tracks

@@ -1,0 +1,135 @@
+"""Manifest reading and row validation (driver side, before anything is rendered).
+
+A manifest is JSONL, CSV or Parquet (by extension), local or in object storage, one row per video:
+
+    id               unique, safe for a file name: letters, digits, '.', '_', '-' (no '/', no '..')
+    portrait         URI of a JPEG / PNG / WebP portrait
+    audio            URI of WAV / FLAC / MP3 / M4A / AAC / OGG speech
+    controls         optional URI of a control track (CSV / JSON / Parquet), see pipelines/controls.py
+    fps              optional frames per second (default 25)
+    seed             optional integer
+    reference_video  optional URI of a ground-truth video, for reference metrics
+    anything else    free-form tags (language, speaker, ...), carried into the results as strings
+
+Relative URIs are resolved against the manifest's own folder. Row problems found here (missing id,
+unsafe or duplicate id, bad fps) fail that row only; files are opened later, per row, by the asset stage.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+from . import storage
+
+REQUIRED = ("id", "portrait", "audio")
+OPTIONAL = ("controls", "fps", "seed", "reference_video")
+URI_COLUMNS = ("portrait", "audio", "controls", "reference_video")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEFAULT_FPS = 25.0
+FPS_RANGE = (1.0, 60.0)
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be read (a usage error: exit code 2)."""
+
+
+@dataclass
+class ManifestRow:
+    row: int  # 0-based position in the manifest
+    id: str
+    portrait: str
+    audio: str
+    controls: str | None
+    fps: float
+    seed: int
+    reference_video: str | None
+    tags: dict[str, str]
+
+
+@dataclass
+class RowFailure:
+    row: int
+    id: str
+    error: str
+
+
+def read_manifest(uri: str, options: storage.StorageOptions | None = None) -> pd.DataFrame:
+    try:
+        data = storage.read_bytes(uri, options)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {uri}") from None
+    name = uri.lower()
+    try:
+        if name.endswith((".jsonl", ".ndjson", ".json")):
+            df = pd.read_json(io.BytesIO(data), lines=not name.endswith(".json"), dtype=False)
+        elif name.endswith(".csv"):
+            df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        elif name.endswith(".parquet"):
+            df = pd.read_parquet(io.BytesIO(data))
+        else:
+            raise ManifestError(f"{uri}: unknown manifest format (use .jsonl, .csv or .parquet)")
+    except ManifestError:
+        raise
+    except Exception as e:  # pandas raises many types for malformed files
+        raise ManifestError(f"{uri}: cannot parse manifest ({type(e).__name__}: {e})") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{uri}: manifest lacks required column(s) {missing}")
+    if df.empty:
+        raise ManifestError(f"{uri}: manifest has no rows")
+    return df
+
+
+def _text(value) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def validate_rows(df: pd.DataFrame, manifest_uri: str) -> tuple[list[ManifestRow], list[RowFailure]]:
+    """Split rows into valid ones and failures, each failure naming the row and the cause."""
+    rows, failures, seen = [], [], {}
+    tag_columns = [c for c in df.columns if c not in REQUIRED + OPTIONAL]
+    for i, record in enumerate(df.to_dict("records")):
+        rid = _text(record.get("id")) or ""
+
+        def fail(msg: str) -> None:
+            failures.append(RowFailure(i, rid, f"row {i} (id {rid!r}): {msg}"))
+
+        if not rid:
+            fail("missing id")
+            continue
+        if not SAFE_ID.match(rid):
+            fail("unsafe id: use letters, digits, '.', '_', '-' only (no path separators or '..'), at most 128 characters")
+            continue
+        if ".." in rid:
+            fail("unsafe id: '..' is not allowed")
+            continue
+        if rid in seen:
+            fail(f"duplicate id (first used by row {seen[rid]})")
+            continue
+        seen[rid] = i
+        uris = {c: _text(record.get(c)) for c in URI_COLUMNS}
+        if not uris["portrait"] or not uris["audio"]:
+            fail("missing " + " and ".join(c for c in ("portrait", "audio") if not uris[c]))
+            continue
+        try:
+            fps = float(_text(record.get("fps")) or DEFAULT_FPS)
+            seed = int(float(_text(record.get("seed")) or 0))
+        except ValueError as e:
+            fail(f"fps/seed must be numbers ({e})")
+            continue
+        if not (FPS_RANGE[0] <= fps <= FPS_RANGE[1]):
+            fail(f"fps {fps} outside {FPS_RANGE}")
+            continue
+        resolved = {c: storage.resolve(u, manifest_uri) if u else None for c, u in uris.items()}
+        tags = {c: s for c in tag_columns if (s := _text(record.get(c))) is not None}
+        rows.append(ManifestRow(i, rid, resolved["portrait"], resolved["audio"], resolved["controls"], fps, seed,
+                                resolved["reference_video"], tags))
+    return rows, failures

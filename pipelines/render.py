@@ -1,0 +1,281 @@
+"""The render job as a library: manifest -> Ray Data -> generator actors -> MP4s + results Parquet -> MLflow.
+
+`run_render(RenderConfig(...))` is what `eartalk render` / `python -m jobs.render` and the nightly call.
+Outputs under `output_uri`:
+
+    videos/<id>.mp4              H.264 yuv420p + AAC of the input speech, published only when complete
+    state/<run_id>/<id>.json     a row's result, published right after its video (resume reads these)
+    results/<run_id>.parquet     one row per manifest row (ok / failed / skipped), metrics.schema columns
+
+Re-running with the same run id skips rows whose video and state record exist (status 'skipped',
+previous figures kept). Every side effect goes to a deterministic key, so Ray's task retries and actor
+restarts can only overwrite an output with an identical one, never duplicate it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import storage
+from .manifest import ManifestError, read_manifest, validate_rows
+from .stages import HEAVY_COLUMNS, RenderActor, load_assets, measure, state_uri, video_uri
+
+log = logging.getLogger("eartalk.render")
+
+# ---- tunables
+ROWS_PER_RENDER_BATCH = 4  # videos rendered together by one actor call: keeps a device busy, bounds memory
+RENDER_CPUS_PER_ACTOR = 1  # CPU actors: one core each locally; GPU actors need little CPU beside the encode
+LOAD_CPUS = 1  # image decode + face alignment + audio resample per row
+METRICS_CPUS = 1  # landmarking a video is single-threaded dlib
+EXPERIMENT = "eartalk-render"
+
+
+class ConfigError(ValueError):
+    """A usage or configuration problem: exit code 2."""
+
+
+@dataclass
+class RenderConfig:
+    manifest_uri: str
+    output_uri: str
+    run_id: str | None = None  # default: a new id; reuse one to resume
+    checkpoint: str | None = None  # default: the shipped tiny checkpoint
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    tracking_uri: str | None = None  # MLflow; default: sqlite:///mlflow.db
+    max_failed_fraction: float = 0.0
+    s3_endpoint: str | None = None  # default: $AWS_ENDPOINT_URL
+    metrics: bool = True
+    experiment: str = EXPERIMENT
+    rows_per_batch: int = ROWS_PER_RENDER_BATCH
+    mlflow_tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.actors < 1:
+            raise ConfigError("--actors must be >= 1")
+        if self.gpus_per_actor < 0:
+            raise ConfigError("--gpus-per-actor must be >= 0")
+        if not 0.0 <= self.max_failed_fraction <= 1.0:
+            raise ConfigError("--max-failed-fraction must be within [0, 1]")
+
+
+@dataclass
+class RenderOutcome:
+    run_id: str
+    results_uri: str
+    counts: dict[str, int]
+    frames: int
+    wall_s: float
+    exit_code: int
+    mlflow_run_id: str | None
+    results: pd.DataFrame = field(repr=False)
+
+    def summary_table(self) -> str:
+        df = self.results
+        lines = [f"{'id':<24} {'status':<8} {'frames':>6} {'render_s':>8}  error"]
+        for r in df.itertuples():
+            frames = "" if pd.isna(r.frames) else int(r.frames)
+            render = "" if pd.isna(r.render_s) else f"{r.render_s:.2f}"
+            lines.append(f"{str(r.id)[:24]:<24} {r.status:<8} {frames:>6} {render:>8}  {(r.error or '')[:100]}")
+        c = self.counts
+        lines.append(f"run {self.run_id}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped, "
+                     f"{self.frames} frames in {self.wall_s:.1f}s -> {self.results_uri}")
+        return "\n".join(lines)
+
+
+def resolve_checkpoint(checkpoint: str | None) -> str:
+    from model import DEFAULT_CHECKPOINT
+
+    if checkpoint:
+        return checkpoint
+    if not (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
+        raise ConfigError(f"no --checkpoint given and the shipped default checkpoint is missing at {DEFAULT_CHECKPOINT}")
+    return str(DEFAULT_CHECKPOINT)
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def previous_results(rows, config: RenderConfig, run_id: str, options) -> dict[str, dict]:
+    """Rows of this run id already published (video + state record): resume skips them."""
+    done = {}
+    for r in rows:
+        state = state_uri(config.output_uri, run_id, r.id)
+        if storage.exists(state, options) and storage.exists(video_uri(config.output_uri, r.id), options):
+            record = json.loads(storage.read_bytes(state, options))
+            if record.get("status") == "ok":
+                done[r.id] = record
+    return done
+
+
+def results_frame(records: list[dict], tag_columns: list[str]) -> pd.DataFrame:
+    from metrics.schema import BASE_COLUMNS, METRIC_COLUMNS
+
+    df = pd.DataFrame.from_records(records)
+    for c in list(BASE_COLUMNS) + list(METRIC_COLUMNS) + tag_columns:
+        if c not in df:
+            df[c] = None
+    return df[list(BASE_COLUMNS) + list(METRIC_COLUMNS) + tag_columns]
+
+
+def write_results(df: pd.DataFrame, uri: str, tag_columns: list[str], options) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from metrics.schema import results_schema
+
+    schema = results_schema(tag_columns)
+    table = pa.Table.from_pandas(df.astype(object).where(df.notna(), None), schema=schema, preserve_index=False)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    storage.publish_bytes(buffer.getvalue(), uri, options)
+
+
+def run_render(config: RenderConfig) -> RenderOutcome:
+    import ray
+
+    started = time.perf_counter()
+    options = storage.StorageOptions.from_env(config.s3_endpoint)
+    checkpoint = resolve_checkpoint(config.checkpoint)
+    run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    try:
+        manifest = read_manifest(config.manifest_uri, options)
+    except ManifestError as e:
+        raise ConfigError(str(e)) from None
+    rows, failures = validate_rows(manifest, config.manifest_uri)
+    tag_columns = sorted({k for r in rows for k in r.tags})
+    done = previous_results(rows, config, run_id, options)
+    todo = [r for r in rows if r.id not in done]
+
+    from model import load_checkpoint  # fail fast (exit 2) on a bad checkpoint, before starting actors
+
+    with storage_local_checkpoint(checkpoint, options) as local:
+        cfg = load_checkpoint(local).config
+        from model import checkpoint_version
+
+        model_version = checkpoint_version(local)
+    log.info("run %s: %d rows (%d invalid, %d already done), checkpoint %s (%s)", run_id, len(manifest),
+             len(failures), len(done), checkpoint, model_version)
+
+    stage_s: dict[str, float] = {}
+    rendered: list[dict] = []
+    if todo:
+        if not ray.is_initialized():
+            ray.init(log_to_driver=False)
+        items = [{**dataclasses.asdict(r), "tags": json.dumps(r.tags), "output_root": config.output_uri,
+                  "controls": r.controls or "", "reference_video": r.reference_video or ""} for r in todo]
+        ds = ray.data.from_items(items)
+        # INPUT: manifest rows. OUTPUT: + aligned portrait / audio / controls bytes, status, error. 1:1.
+        # CPU tasks: decode and face alignment are per-row CPU work that must not stall the generator actors.
+        ds = ds.map(load_assets, fn_kwargs={"image_size": cfg.image_size, "options": options}, num_cpus=LOAD_CPUS)
+        # INPUT: loaded rows. OUTPUT: result columns (heavy columns dropped); MP4s published by the actor.
+        # One generator per actor (loaded once); ROWS_PER_RENDER_BATCH videos per call share each frame step.
+        ds = ds.map_batches(
+            RenderActor,
+            fn_constructor_kwargs={"checkpoint_uri": checkpoint, "output_uri": config.output_uri, "run_id": run_id,
+                                   "options": options},
+            batch_size=config.rows_per_batch, batch_format="pandas",
+            compute=ray.data.ActorPoolStrategy(size=config.actors),
+            num_gpus=config.gpus_per_actor or None,
+            num_cpus=RENDER_CPUS_PER_ACTOR,
+        )
+        if config.metrics:
+            # INPUT: result rows. OUTPUT: + metric columns. CPU tasks; reads each published MP4 back.
+            ds = ds.map(measure, fn_kwargs={"options": options}, num_cpus=METRICS_CPUS)
+        t0 = time.perf_counter()
+        rendered = list(ds.iter_rows())
+        stage_s["pipeline"] = time.perf_counter() - t0
+        for key in ("load_s", "render_s", "encode_s", "upload_s", "metrics_s"):
+            stage_s[key.removesuffix("_s")] = float(sum(r.get(key) or 0.0 for r in rendered))
+
+    records = []
+    by_row = {}
+    for r in rendered:  # a retried task can only repeat a row: keep one record per manifest row
+        by_row[r["row"]] = r
+    for r in by_row.values():
+        tags = json.loads(r.pop("tags") or "{}")
+        if r["status"] == "pending":
+            r.update(status="failed", error=f"row {r['row']} (id {r['id']!r}): never rendered")
+        records.append({**{k: v for k, v in r.items() if k not in HEAVY_COLUMNS}, **tags, "run_id": run_id})
+    for r in rows:
+        if r.id in done:
+            records.append({**done[r.id], **r.tags, "status": "skipped", "error": "", "run_id": run_id, "row": r.row})
+    for f in failures:
+        records.append({"row": f.row, "id": f.id, "status": "failed", "error": f.error, "run_id": run_id,
+                        "model_version": model_version})
+    records.sort(key=lambda rec: rec["row"])
+    results = results_frame(records, tag_columns)
+    results_uri = storage.join(config.output_uri, "results", f"{run_id}.parquet")
+    write_results(results, results_uri, tag_columns, options)
+
+    counts = {s: int((results["status"] == s).sum()) for s in ("ok", "failed", "skipped")}
+    frames = int(results.loc[results["status"] == "ok", "frames"].fillna(0).sum())
+    wall_s = time.perf_counter() - started
+    failed_fraction = counts["failed"] / max(1, len(results))
+    exit_code = 1 if failed_fraction > config.max_failed_fraction else 0
+    mlflow_run_id = log_to_mlflow(config, run_id, checkpoint, cfg, model_version, results, results_uri, counts,
+                                  frames, wall_s, stage_s)
+    return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results)
+
+
+class storage_local_checkpoint:
+    """Context manager: a local folder for a checkpoint URI (downloaded to a temp dir when remote)."""
+
+    def __init__(self, uri: str, options):
+        self.uri, self.options = uri, options
+
+    def __enter__(self) -> Path:
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        return storage.fetch_dir(self.uri, Path(self.tmp.name), self.options)
+
+    def __exit__(self, *exc) -> None:
+        self.tmp.cleanup()
+
+
+def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, cfg, model_version: str, results: pd.DataFrame,
+                  results_uri: str, counts: dict, frames: int, wall_s: float, stage_s: dict) -> str | None:
+    """One MLflow run per job, from the driver only."""
+    import mlflow
+
+    from metrics.aggregate import aggregate_metrics
+
+    mlflow.set_tracking_uri(config.tracking_uri or "sqlite:///mlflow.db")
+    mlflow.set_experiment(config.experiment)
+    config_hash = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    with mlflow.start_run(run_name=run_id) as run:
+        mlflow.log_params({"manifest_uri": config.manifest_uri, "checkpoint": checkpoint, "config_hash": config_hash,
+                           "code_version": code_version(), "actors": config.actors,
+                           "gpus_per_actor": config.gpus_per_actor, "max_failed_fraction": config.max_failed_fraction})
+        mlflow.set_tags({"eartalk.job": "render", "eartalk.results_uri": results_uri,
+                         "eartalk.output_uri": config.output_uri, "eartalk.manifest_uri": config.manifest_uri,
+                         "eartalk.model_version": model_version, "eartalk.run_id": run_id, **config.mlflow_tags})
+        render_s = float(results["render_s"].fillna(0).sum())
+        metrics = {"rows_ok": counts["ok"], "rows_failed": counts["failed"], "rows_skipped": counts["skipped"],
+                   "frames": frames, "wall_s": wall_s, "frames_per_s": frames / wall_s if wall_s else 0.0,
+                   "render_frames_per_s": frames / render_s if render_s else 0.0,
+                   **{f"stage_s/{k}": v for k, v in stage_s.items()}}
+        metrics.update(aggregate_metrics(results))
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        summary = {"run_id": run_id, "results_uri": results_uri, "counts": counts, "frames": frames,
+                   "wall_s": round(wall_s, 3), "model_version": model_version,
+                   "failed": results.loc[results["status"] == "failed", ["id", "error"]].to_dict("records")}
+        mlflow.log_dict(summary, "summary.json")
+        return run.info.run_id

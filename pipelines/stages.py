@@ -1,0 +1,193 @@
+"""The render job's Ray Data operators. Wiring (resources, order) lives in pipelines/render.py.
+
+Rows flow through every stage; a row that failed keeps `status == "failed"` and its `error`, and later
+stages pass it through untouched. Heavy inputs travel as small bytes columns (an aligned 128 px
+portrait, 16 kHz audio); videos never do: the render actor encodes and uploads each MP4 itself.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import storage
+from .controls import ControlTrackError, parse_control_track
+
+STATE_DIR = "state"  # <output>/state/<run_id>/<id>.json: a row's result, written once its video is published
+VIDEO_DIR = "videos"  # <output>/videos/<id>.mp4
+HEAVY_COLUMNS = ("portrait_rgb", "audio_pcm", "controls_json")
+
+
+def video_uri(output_uri: str, row_id: str) -> str:
+    return storage.join(output_uri, VIDEO_DIR, f"{row_id}.mp4")
+
+
+def state_uri(output_uri: str, run_id: str, row_id: str) -> str:
+    return storage.join(output_uri, STATE_DIR, run_id, f"{row_id}.json")
+
+
+def short_error(stage: str, row: dict, e: BaseException) -> str:
+    return f"row {row['row']} (id {row['id']!r}), {stage}: {e}"
+
+
+# ---------------------------------------------------------------- stage 1: load assets (CPU tasks)
+
+
+def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions) -> dict:
+    """Portrait -> aligned canonical crop; audio -> 16 kHz mono; control track -> per-frame values."""
+    from faces import NoFaceError, align_face
+    from media import MediaError, load_audio, load_image
+    from model import num_frames_for
+
+    out = {**row, "status": "pending", "error": "", "portrait_rgb": b"", "audio_pcm": b"", "controls_json": "",
+           "num_frames": 0, "load_s": 0.0}
+    start = time.perf_counter()
+    stage = "portrait"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            image = load_image(storage.fetch(row["portrait"], Path(tmp), options))
+            aligned = align_face(image, image_size)
+            stage = "audio"
+            audio = load_audio(storage.fetch(row["audio"], Path(tmp), options))
+            num_frames = num_frames_for(audio.size, row["fps"])
+            controls = {}
+            if row.get("controls"):
+                stage = "controls"
+                data = storage.read_bytes(row["controls"], options)
+                tracks = parse_control_track(data, row["controls"], row["fps"], num_frames)
+                controls = {k: [None if np.isnan(v) else float(v) for v in t] for k, t in tracks.items()}
+    except FileNotFoundError as e:
+        out.update(status="failed", error=short_error(stage, row, f"file not found: {e}"))
+    except NoFaceError as e:
+        out.update(status="failed", error=short_error(stage, row, e))
+    except (MediaError, ControlTrackError, OSError) as e:
+        out.update(status="failed", error=short_error(stage, row, e))
+    else:
+        out.update(portrait_rgb=aligned.image.tobytes(), audio_pcm=audio.astype(np.float32).tobytes(),
+                   controls_json=json.dumps(controls), num_frames=num_frames)
+    out["load_s"] = time.perf_counter() - start
+    return out
+
+
+# ---------------------------------------------------------------- stage 2: render + encode + publish (actors)
+
+
+class RenderActor:
+    """Holds one generator (loaded once); renders a batch of rows together and publishes their MP4s."""
+
+    def __init__(self, checkpoint_uri: str, output_uri: str, run_id: str, options: storage.StorageOptions,
+                 device: str | None = None):
+        import torch
+
+        from model import checkpoint_version, load_checkpoint, prepare_for_inference
+
+        self.output_uri, self.run_id, self.options = output_uri, run_id, options
+        self.workdir = Path(tempfile.mkdtemp(prefix="eartalk-render-"))
+        local = storage.fetch_dir(checkpoint_uri, self.workdir, options)
+        # Ray sets OMP_NUM_THREADS to the actor's num_cpus, so torch uses the CPUs it was given
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.generator, self.report = prepare_for_inference(load_checkpoint(local), device)
+        self.model_version = checkpoint_version(local)
+        self.size = self.generator.config.image_size
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = batch.to_dict("records")
+        pending = [r for r in rows if r["status"] == "pending"]
+        if pending:
+            self.render(pending)
+        for r in rows:
+            for c in HEAVY_COLUMNS:
+                r.pop(c, None)
+        return pd.DataFrame(rows)
+
+    def render(self, rows: list[dict]) -> None:
+        import torch
+
+        from media import Mp4Writer
+        from model import RenderRequest
+
+        requests, writers, paths = [], [], []
+        for r in rows:
+            portrait = np.frombuffer(r["portrait_rgb"], np.uint8).reshape(self.size, self.size, 3)
+            audio = np.frombuffer(r["audio_pcm"], np.float32)
+            controls = {k: torch.tensor([np.nan if v is None else v for v in t], dtype=torch.float32)
+                        for k, t in json.loads(r["controls_json"] or "{}").items()}
+            requests.append(RenderRequest(torch.from_numpy(portrait.copy()).permute(2, 0, 1).float() / 255.0,
+                                          torch.from_numpy(audio.copy()), float(r["fps"]), controls or None, int(r["seed"])))
+            paths.append(self.workdir / f"{r['id']}.mp4")
+            writers.append(Mp4Writer(paths[-1], float(r["fps"])))
+        render_s, encode_s = 0.0, [0.0] * len(rows)
+        try:
+            t0 = time.perf_counter()
+            for t, frames in enumerate(self.generator.stream(requests)):
+                images = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                t1 = time.perf_counter()
+                render_s += t1 - t0
+                for i, r in enumerate(rows):
+                    if t < r["num_frames"]:
+                        writers[i].add(images[i])
+                t0 = time.perf_counter()
+                for i in range(len(rows)):
+                    encode_s[i] += (t0 - t1) / len(rows)
+            total_frames = sum(r["num_frames"] for r in rows)
+            for i, r in enumerate(rows):
+                t1 = time.perf_counter()
+                writers[i].close(np.frombuffer(r["audio_pcm"], np.float32))
+                encode_s[i] += time.perf_counter() - t1
+                self.publish(r, paths[i], render_s * r["num_frames"] / total_frames, encode_s[i])
+        except Exception as e:  # a render/encode crash fails these rows, not the job
+            for i, r in enumerate(rows):
+                if r["status"] == "pending":
+                    r.update(status="failed", error=short_error("render", r, f"{type(e).__name__}: {e}"))
+            traceback.print_exc()
+        finally:
+            for p in paths:
+                p.unlink(missing_ok=True)
+
+    def publish(self, r: dict, local: Path, render_s: float, encode_s: float) -> None:
+        """Upload the finished MP4, then record the row's result (both to deterministic keys: retries overwrite)."""
+        t0 = time.perf_counter()
+        uri = video_uri(self.output_uri, r["id"])
+        storage.publish_file(local, uri, self.options)
+        r.update(status="ok", output_uri=uri, frames=int(r["num_frames"]), fps=float(r["fps"]),
+                 duration_s=r["num_frames"] / float(r["fps"]), width=self.size, height=self.size,
+                 render_s=render_s, encode_s=encode_s, upload_s=time.perf_counter() - t0,
+                 model_version=self.model_version, run_id=self.run_id, engine=self.report.engine)
+        record = {k: v for k, v in r.items() if k not in HEAVY_COLUMNS}
+        storage.publish_bytes(json.dumps(record, default=str).encode(), state_uri(self.output_uri, self.run_id, r["id"]), self.options)
+
+
+# ---------------------------------------------------------------- stage 3: metrics (CPU tasks)
+
+
+def measure(row: dict, *, options: storage.StorageOptions) -> dict:
+    """Per-video quality metrics of a published video, read back from storage."""
+    if row["status"] != "ok":
+        return row
+    from metrics import compute_video_metrics
+
+    start = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            video = storage.fetch(row["output_uri"], Path(tmp), options)
+            portrait = storage.fetch(row["portrait"], Path(tmp), options)
+            reference = storage.fetch(row["reference_video"], Path(tmp), options) if row.get("reference_video") else None
+            controls = None
+            if row.get("controls"):
+                tracks = parse_control_track(storage.read_bytes(row["controls"], options), row["controls"],
+                                             row["fps"], row["num_frames"])
+                controls = tracks or None
+            values = compute_video_metrics(video, None, portrait, reference, controls)
+        row = {**row, **values, "metrics_error": ""}
+    except Exception as e:  # a metric failure never fails the render: the row stays ok, the metrics null
+        row = {**row, "metrics_error": short_error("metrics", row, f"{type(e).__name__}: {e}")}
+    row["metrics_s"] = time.perf_counter() - start
+    # the row's published result now carries its metrics too
+    storage.publish_bytes(json.dumps(row, default=str).encode(), state_uri(row["output_root"], row["run_id"], row["id"]), options)
+    return row
