@@ -13,7 +13,7 @@ import pandas as pd
 from .schema import METRIC_COLUMNS
 
 STATS = {"mean": np.mean, "p10": lambda v: np.percentile(v, 10), "p50": np.median, "p90": lambda v: np.percentile(v, 90)}
-NOT_AGGREGATED = {"learned_metrics_reason"}
+NOT_AGGREGATED = {"learned_metrics_reason", "metrics_error"}
 
 
 def metric_name(metric: str, stat: str) -> str:

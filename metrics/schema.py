@@ -74,6 +74,7 @@ METRIC_DOCS: dict[str, tuple[pa.DataType, str]] = {
     # bookkeeping
     "metrics_s": (pa.float64(), "seconds spent computing this row's metrics"),
     "metrics_frames": (pa.int64(), "frames analysed for landmarks"),
+    "metrics_error": (pa.string(), "why this row's metrics are null (the render itself succeeded)"),
 }
 METRIC_COLUMNS: dict[str, pa.DataType] = {name: t for name, (t, _) in METRIC_DOCS.items()}
 
