@@ -182,3 +182,21 @@ def _no_stray_tracking_uri(monkeypatch):
     """Tests never write to a developer's own MLflow server or ./mlruns by accident."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="session")
+def random_tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real `tiny` checkpoint (safetensors + config.json) with random weights, for plumbing tests.
+
+    Its output head starts at zero, so it renders the encoded portrait, unmoved: enough for tests of
+    the pipeline, never a stand-in for the shipped checkpoint's quality.
+    """
+    import torch
+
+    from model import Generator, get_preset, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(Generator(get_preset("tiny")), tmp_path_factory.mktemp("ckpt") / "tiny-random")
