@@ -1,0 +1,80 @@
+"""faces/ on real portraits and the real talking video: landmarks, alignment, pose, eyes, mouth, identity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from faces import (NoFaceError, align_face, default_analyzer, eye_openness, head_pose, inter_ocular,
+                   mouth_opening)
+from media import load_image, read_video
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    return default_analyzer()
+
+
+@pytest.mark.parametrize("name", ["obama.jpg", "obama2.jpg", "biden.jpg"])
+def test_real_portraits_give_68_landmarks_and_a_canonical_crop(shared_media, analyzer, name):
+    image = load_image(shared_media / "portraits" / name)
+    points = analyzer.landmarks(image)
+    assert points.shape == (68, 2)
+    assert points[36:42, 0].mean() < points[42:48, 0].mean() < image.shape[1]  # image-left eye first
+    aligned = align_face(image, 256)
+    assert aligned.image.shape == (256, 256, 3) and aligned.image.dtype == np.uint8
+    eyes_y = aligned.landmarks[36:48, 1].mean() / 256
+    assert 0.35 < eyes_y < 0.5  # the template's eye line, with margin above for hair
+    assert 0.2 * 256 < inter_ocular(aligned.landmarks) < 0.35 * 256
+
+
+def test_astronaut_is_a_face_and_a_blank_image_is_not(astronaut_png, analyzer):
+    assert analyzer.landmarks(load_image(astronaut_png)) is not None
+    with pytest.raises(NoFaceError, match="no face found"):
+        align_face(np.full((256, 256, 3), 200, np.uint8), 128)
+    assert analyzer.landmarks(np.zeros((128, 128, 3), np.uint8)) is None
+
+
+def test_embeddings_separate_people(shared_media, analyzer):
+    def embed(name):
+        image = load_image(shared_media / "portraits" / name)
+        return analyzer.embedding(image, analyzer.landmarks(image))
+
+    obama, obama2, biden = embed("obama.jpg"), embed("obama2.jpg"), embed("biden.jpg")
+    assert obama.shape == (128,)
+    assert np.linalg.norm(obama - obama2) < 0.6 < np.linalg.norm(obama - biden)
+
+
+def test_yaw_on_real_talking_video_agrees_with_the_nose_position(shared_media, analyzer):
+    clip = read_video(shared_media / "video" / "talking_512px_8s.mp4", max_frames=160)
+    points = [analyzer.landmarks(f) for f in clip.frames[::2]]
+    poses = np.array([head_pose(p, clip.frames[0].shape) for p in points])
+    assert np.all(np.abs(poses) < 45)
+    # an independent cue: where the nose tip sits between the cheek contour points (0.5 = frontal)
+    nose = np.array([(p[30, 0] - p[1, 0]) / (p[15, 0] - p[1, 0]) for p in points])
+    assert np.corrcoef(poses[:, 0], nose)[0, 1] > 0.9  # iterative PnP flipped +-30 degrees on frontal frames here
+    turned = np.abs(nose - 0.5) > 0.05
+    assert np.mean(np.sign(poses[turned, 0]) == np.sign(nose[turned] - 0.5)) > 0.95
+    # around frame 35 the speaker turns her head toward image left: yaw < 0 by the documented convention
+    assert poses[35 // 2, 0] < -10
+
+
+def test_mirroring_a_face_flips_yaw_and_roll(shared_media, analyzer):
+    image = load_image(shared_media / "portraits" / "obama.jpg")
+    yaw, _, roll = head_pose(analyzer.landmarks(image), image.shape)
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    m_yaw, _, m_roll = head_pose(analyzer.landmarks(mirrored), image.shape)
+    assert m_yaw == pytest.approx(-yaw, abs=3) and m_roll == pytest.approx(-roll, abs=2)
+
+
+def test_eye_and_mouth_measures_follow_the_landmarks(shared_media, analyzer):
+    image = load_image(shared_media / "portraits" / "obama.jpg")
+    points = analyzer.landmarks(image).astype(np.float64)
+    assert 0.5 < eye_openness(points) <= 1.0
+    closed = points.copy()
+    for upper, lower in ((37, 41), (38, 40), (43, 47), (44, 46)):
+        closed[[upper, lower], 1] = points[[upper, lower], 1].mean()
+    assert eye_openness(closed) == 0.0
+    opened = points.copy()
+    opened[65:68, 1] += 0.3 * inter_ocular(points)  # drop the inner lower lip
+    assert mouth_opening(opened) > mouth_opening(points) + 0.25
