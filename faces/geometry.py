@@ -55,7 +55,7 @@ def head_pose(landmarks: np.ndarray, image_shape: tuple[int, ...]) -> tuple[floa
     yaw = math.degrees(math.asin(max(-1.0, min(1.0, -R[2, 0]))))
     pitch = math.degrees(math.atan2(R[2, 1], R[2, 2]))
     roll = math.degrees(math.atan2(R[1, 0], R[0, 0]))
-    return -yaw, -pitch, roll
+    return -yaw, pitch, roll  # signs: see the module docstring (tests/faces prove them on projected 3-D points)
 
 
 def eye_aspect_ratio(landmarks: np.ndarray) -> float:

@@ -78,3 +78,33 @@ def test_eye_and_mouth_measures_follow_the_landmarks(shared_media, analyzer):
     opened = points.copy()
     opened[65:68, 1] += 0.3 * inter_ocular(points)  # drop the inner lower lip
     assert mouth_opening(opened) > mouth_opening(points) + 0.25
+
+
+def projected_face(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Landmarks of the generic 3-D face turned by (yaw, pitch, roll) in the documented convention,
+    projected orthographically (only the six pose points are filled)."""
+    import math
+
+    from faces.geometry import MODEL_POINTS, PNP_INDICES
+
+    y, p, r = map(math.radians, (yaw, pitch, roll))
+    # x right, y down, z away from the camera. yaw > 0: the nose (z = 0, in front of the eyes) moves right;
+    # pitch > 0: the face tilts down, the forehead comes forward (its z falls) and the nose moves down;
+    # roll > 0: clockwise in the image (y down)
+    Ry = np.array([[math.cos(y), 0, -math.sin(y)], [0, 1, 0], [math.sin(y), 0, math.cos(y)]])
+    Rx = np.array([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
+    Rz = np.array([[math.cos(r), -math.sin(r), 0], [math.sin(r), math.cos(r), 0], [0, 0, 1]])
+    points = (Rz @ Ry @ Rx @ MODEL_POINTS.T).T
+    landmarks = np.zeros((68, 2))
+    landmarks[PNP_INDICES] = points[:, :2] * 2 + 256
+    return landmarks
+
+
+@pytest.mark.parametrize("angles", [(20, 0, 0), (-15, 0, 0), (0, 20, 0), (0, -15, 0), (0, 0, 20), (10, 10, -10)])
+def test_head_pose_signs_follow_the_documented_convention(angles):
+    measured = head_pose(projected_face(*angles), (512, 512))
+    assert np.allclose(measured, angles, atol=1.5), (measured, angles)
+    if angles[1] > 0:  # face tilted down: the nose tip drops away from the eye line
+        level = projected_face(0, 0, 0)
+        tilted = projected_face(*angles)
+        assert (tilted[30, 1] - tilted[[36, 45], 1].mean()) > (level[30, 1] - level[[36, 45], 1].mean())
