@@ -6,7 +6,8 @@ A catalog is a folder (local path or s3:// prefix) in one of two layouts.
 
        CATALOG/<item>/portrait.(jpg|jpeg|png|webp)       the face
        CATALOG/<item>/audio/<language>.(wav|flac|mp3|m4a|ogg|aac)   one dubbed track per language
-       CATALOG/<item>/controls/<language>.(json|jsonl|csv|parquet)  optional FCIC control track
+       CATALOG/<item>/controls/<language>.(json|csv|parquet)  optional FCIC control track
+                                                              (format: pipelines/controls.py)
 
    Every (item, language) with an audio track is one pair, id `<item>/<language>`.
 
@@ -36,7 +37,7 @@ from nightly import storage
 
 PORTRAIT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac")
-CONTROL_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet")
+CONTROL_EXTENSIONS = (".json", ".csv", ".parquet")  # what pipelines/controls.py reads
 CATALOG_FILE = "catalog.jsonl"
 HASH_CHUNK_BYTES = 8 << 20  # 8 MiB reads keep memory flat for long audio tracks
 HASH_THREADS = 8  # object storage reads are I/O bound

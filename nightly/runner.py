@@ -121,8 +121,12 @@ def render_attempt(config: NightlyConfig, manifest_uri: str, output_uri: str, ru
         "checkpoint": config.checkpoint, "actors": config.actors, "gpus_per_actor": config.gpus_per_actor,
         "tracking_uri": config.tracking_uri,
         "max_failed_fraction": 1.0,  # never abort mid-night: every row must reach the ledger
+        "mlflow_tags": {tracking.TAG_DATE: config.night, tracking.TAG_CATALOG: config.catalog_uri,
+                        "eartalk.nightly.attempt": output_uri.rstrip("/").rsplit("-", 1)[-1]},
     }
     names = {f.name for f in dataclasses.fields(RenderConfig)}
+    if "mlflow_tags" not in names:
+        wanted.pop("mlflow_tags")
     aliases = {"manifest_uri": ("manifest_uri", "manifest"), "output_uri": ("output_uri", "output"),
                "checkpoint": ("checkpoint", "checkpoint_uri"), "actors": ("actors", "num_actors")}
     kwargs = {}

@@ -54,8 +54,8 @@ class MlflowRest:
     def __init__(self, url: str):
         self.url = url
 
-    def get(self, path: str, **params) -> dict:
-        response = requests.get(f"{self.url}/api/2.0/mlflow/{path}", params=params, timeout=30)
+    def get(self, endpoint: str, **params) -> dict:
+        response = requests.get(f"{self.url}/api/2.0/mlflow/{endpoint}", params=params, timeout=30)
         response.raise_for_status()
         return response.json()
 
@@ -137,7 +137,12 @@ def test_two_nightlies_log_runs_tags_metrics_comparison_and_a_playable_report(
     assert tags(second_run)[tracking.TAG_BASELINE] == first_run["info"]["run_id"]
     listed = {f["path"] for f in rest.get("artifacts/list", run_id=second_id, path="comparison")["files"]}
     assert listed == {"comparison/compare.json", "comparison/comparison.csv"}
-    json.loads(rest.artifact(second_id, "comparison/compare.json"))
+    printed_comparison = json.loads(rest.artifact(second_id, "comparison/compare.json"))
+    assert printed_comparison["regressed"] == (second == 1) and printed_comparison["metrics"]
+    # `eartalk compare` itself logs its report under compare/<baseline run id>/ of the night run.
+    compare_dir = f"compare/{first_run['info']['run_id']}"
+    logged = {f["path"] for f in rest.get("artifacts/list", run_id=second_id, path=compare_dir)["files"]}
+    assert f"{compare_dir}/compare.json" in logged
     assert tags(second_run)[tracking.TAG_STATUS] == ("regression" if second == 1 else "ok")
 
     # The report artifact: its video plays and its plots decode in headless Chromium.
