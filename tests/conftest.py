@@ -121,9 +121,11 @@ class S3Server:
         return s3fs.S3FileSystem(**self.storage_options())
 
     def new_bucket(self) -> str:
+        import boto3
+
         name = f"test-{uuid.uuid4().hex[:12]}"
-        fs = self.filesystem()
-        fs.mkdir(name)
+        boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
+                     aws_secret_access_key=self.secret_key, region_name=self.region).create_bucket(Bucket=name)
         return name
 
 
