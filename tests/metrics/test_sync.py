@@ -69,3 +69,13 @@ def test_compute_video_metrics_reads_an_external_delayed_audio_file(talking, sha
     result = compute_video_metrics(shared_media / "video" / "talking_512px_8s.mp4", audio_path=wav)
     assert abs(result["sync_offset_frames"] - 5) <= 1
     assert result["face_detected_ratio"] == 1.0
+
+
+def test_sync_holds_at_the_tiny_models_128px_output_size(talking):
+    import cv2
+
+    clip, _ = talking
+    small = np.stack([cv2.resize(f, (128, 128), interpolation=cv2.INTER_AREA) for f in clip.frames])
+    landmarks = track_landmarks(small)
+    assert abs(measure_sync(landmarks, clip.audio, SAMPLE_RATE, clip.fps).offset_frames) <= 1
+    assert abs(measure_sync(landmarks, delayed(clip.audio, 5, clip.fps), SAMPLE_RATE, clip.fps).offset_frames - 5) <= 1
