@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 
 from faces import default_analyzer, eye_openness, head_pose, inter_ocular
-from faces.analyzer import NoFaceError
 
 from . import learned, quality
 from .sync import SyncConfig, measure_sync
@@ -87,11 +86,9 @@ def _sample_indices(num_frames: int, count: int) -> np.ndarray:
     return np.unique(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(int))
 
 
-def identity_metrics(frames: np.ndarray, landmarks: np.ndarray, portrait: np.ndarray, samples: int) -> dict:
+def identity_metrics(frames: np.ndarray, landmarks: np.ndarray, portrait: np.ndarray, portrait_points: np.ndarray,
+                     samples: int) -> dict:
     analyzer = default_analyzer()
-    portrait_points = analyzer.landmarks(portrait)
-    if portrait_points is None:
-        raise NoFaceError("no face found in the portrait")
     reference = analyzer.embedding(portrait, portrait_points)
     with_face = np.flatnonzero(np.isfinite(landmarks).all(axis=(1, 2)))
     if with_face.size == 0:
@@ -201,19 +198,20 @@ def compute_video_metrics(video_path: str | Path, audio_path: str | Path | None 
     result["background_flicker"] = quality.background_flicker(frames)
     result |= quality.image_quality(frames, landmarks, config.quality_samples)
 
+    portrait = portrait_points = None
     if portrait_path is not None:
         try:
             portrait = load_image(portrait_path)
         except MediaError as e:
             raise MetricsInputError(str(e)) from None
-        try:
-            result |= identity_metrics(frames, landmarks, portrait, config.identity_samples)
-        except NoFaceError:
-            raise MetricsInputError(f"{portrait_path}: no face found in the portrait") from None
+        portrait_points = default_analyzer().landmarks(portrait)
+        if portrait_points is None:
+            raise MetricsInputError(f"{portrait_path}: no face found in the portrait")
+        result |= identity_metrics(frames, landmarks, portrait, portrait_points, config.identity_samples)
     if controls:
         result |= adherence_metrics({"yaw": poses[:, 0], "pitch": poses[:, 1], "roll": poses[:, 2], "blink": openness}, controls)
     if reference_path is not None:
         result |= reference_metrics(frames, landmarks, reference_path, config.detect_every)
-    result |= learned.learned_metrics(frames, audio, clip.sample_rate, clip.fps)
+    result |= learned.learned_metrics(frames, landmarks, portrait, portrait_points)
     result["metrics_s"] = time.perf_counter() - start
     return result

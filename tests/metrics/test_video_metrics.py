@@ -95,3 +95,36 @@ def test_blinks_are_dips_from_open_to_closed():
     openness = np.array([1, 1, 0.2, 0.1, 1, 1, 0.3, 0.9, 0.3, 1, np.nan, 0.1, 1.0])
     assert count_blinks(openness, 0.45, 0.7) == 4  # 0.3 after 0.9 counts; NaN frames are skipped
     assert count_blinks(np.array([0.2, 0.2, 1.0]), 0.45, 0.7) == 0  # starting closed is not a blink
+
+
+def small_onnx_embedder(path) -> None:
+    """A fixed random conv net with the ArcFace ONNX interface (1x3x112x112 -> one embedding): it proves the
+    loader, alignment and cosine plumbing, not ArcFace's accuracy (no ArcFace weights exist offline here)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["features"], strides=[8, 8]),
+         helper.make_node("Flatten", ["features"], ["embedding"])],
+        "embedder", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 16 * 14 * 14])],
+        [numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_arcface_csim_runs_from_configured_onnx_weights(obama_video, shared_media, tmp_path, monkeypatch):
+    weights = tmp_path / "arcface.onnx"
+    small_onnx_embedder(weights)
+    monkeypatch.setenv("EARTALK_ARCFACE_WEIGHTS", str(weights))
+    same = compute_video_metrics(obama_video, portrait_path=shared_media / "portraits" / "obama.jpg")
+    other = compute_video_metrics(obama_video, portrait_path=shared_media / "portraits" / "biden.jpg")
+    assert same["csim_arcface"] > 0.9 and other["csim_arcface"] < same["csim_arcface"]
+    assert "arcface" not in same["learned_metrics_reason"] and same["lse_c"] is None
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a network")
+    monkeypatch.setenv("EARTALK_ARCFACE_WEIGHTS", str(corrupt))
+    broken = compute_video_metrics(obama_video, portrait_path=shared_media / "portraits" / "obama.jpg")
+    assert broken["csim_arcface"] is None and "arcface: cannot run" in broken["learned_metrics_reason"]
