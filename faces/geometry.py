@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
 # A generic 3-D face (x right, y down, z away from the camera; units ~mm) for the six PnP points below.
