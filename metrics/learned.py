@@ -4,8 +4,8 @@
   `EARTALK_ARCFACE_WEIGHTS`, an ArcFace ONNX file in the insightface layout (input 1x3x112x112 RGB,
   (x - 127.5) / 127.5; output one embedding), run with OpenCV's DNN module. Faces are aligned with the
   standard ArcFace 5-point template from dlib's eye centres, nose tip and mouth corners.
-- `lse_c`, `lse_d` (SyncNet): `EARTALK_SYNCNET_WEIGHTS` is checked, but this version ships no SyncNet
-  loader, so the columns stay null and `learned_metrics_reason` says so.
+- `lse_c`, `lse_d` (SyncNet, metrics/syncnet.py): `EARTALK_SYNCNET_WEIGHTS`, the published
+  `syncnet_v2.model` state dict (PyTorch), on 25 fps video with 16 kHz audio.
 - FID/FVD are distribution-level (per run, not per video): not part of the per-video row.
 
 Without weights a column is null and `learned_metrics_reason` records why.
@@ -72,11 +72,27 @@ def _configured(name: str) -> tuple[str | None, str | None]:
 
 
 def learned_metrics(frames: np.ndarray, landmarks: np.ndarray, portrait: np.ndarray | None,
-                    portrait_landmarks: np.ndarray | None) -> dict:
+                    portrait_landmarks: np.ndarray | None, audio: np.ndarray | None = None,
+                    sample_rate: int = 16000, fps: float = 25.0) -> dict:
     out: dict = {"lse_c": None, "lse_d": None, "csim_arcface": None}
     reasons = []
     path, reason = _configured("syncnet")
-    reasons.append(reason or f"syncnet: weights at {path} found but this version has no SyncNet loader")
+    if reason:
+        reasons.append(reason)
+    elif audio is None:
+        reasons.append("syncnet: no audio")
+    else:
+        from .syncnet import lse
+
+        try:
+            scores = lse(path, frames, landmarks, audio, sample_rate, fps)
+        except ValueError as e:
+            reasons.append(f"syncnet: {e}")
+        else:
+            if scores is None:
+                reasons.append("syncnet: no face or under 6 frames")
+            else:
+                out["lse_c"], out["lse_d"] = scores
     path, reason = _configured("arcface")
     if reason:
         reasons.append(reason)

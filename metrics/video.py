@@ -212,6 +212,6 @@ def compute_video_metrics(video_path: str | Path, audio_path: str | Path | None 
         result |= adherence_metrics({"yaw": poses[:, 0], "pitch": poses[:, 1], "roll": poses[:, 2], "blink": openness}, controls)
     if reference_path is not None:
         result |= reference_metrics(frames, landmarks, reference_path, config.detect_every)
-    result |= learned.learned_metrics(frames, landmarks, portrait, portrait_points)
+    result |= learned.learned_metrics(frames, landmarks, portrait, portrait_points, audio, clip.sample_rate, clip.fps)
     result["metrics_s"] = time.perf_counter() - start
     return result

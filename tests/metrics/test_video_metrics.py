@@ -128,3 +128,30 @@ def test_arcface_csim_runs_from_configured_onnx_weights(obama_video, shared_medi
     monkeypatch.setenv("EARTALK_ARCFACE_WEIGHTS", str(corrupt))
     broken = compute_video_metrics(obama_video, portrait_path=shared_media / "portraits" / "obama.jpg")
     assert broken["csim_arcface"] is None and "arcface: cannot run" in broken["learned_metrics_reason"]
+
+
+def test_syncnet_lse_runs_from_a_configured_state_dict(shared_media, tmp_path, monkeypatch):
+    """Random weights in the published layout prove loading, MFCC, crops and the LSE protocol run; the
+    published syncnet_v2.model cannot be downloaded here, so its values are not checked."""
+    import torch
+
+    from media import read_video
+    from metrics.syncnet import SyncNet, mfcc
+
+    torch.manual_seed(0)
+    weights = tmp_path / "syncnet_v2.model"
+    torch.save(SyncNet().state_dict(), weights)
+    clip = read_video(shared_media / "video" / "talking_512px_8s.mp4", max_frames=20)
+    short = tmp_path / "short.mp4"
+    encode_mp4(short, clip.frames, clip.fps, clip.audio[: 20 * 640], 16000)
+    monkeypatch.setenv("EARTALK_SYNCNET_WEIGHTS", str(weights))
+    result = compute_video_metrics(short)
+    assert result["lse_d"] > 0 and result["lse_c"] >= 0, result["learned_metrics_reason"]
+    assert "syncnet" not in result["learned_metrics_reason"]
+    assert mfcc(clip.audio[:16000]).shape == (13, 99)  # 100 Hz (python_speech_features framing: 1 + ceil((N - 400) / 160))
+    weights.write_bytes(b"junk")
+    from metrics.syncnet import load_syncnet
+
+    load_syncnet.cache_clear()
+    broken = compute_video_metrics(short)
+    assert broken["lse_c"] is None and "cannot load SyncNet weights" in broken["learned_metrics_reason"]
