@@ -357,7 +357,8 @@ def _trend_png(config: NightlyConfig) -> bytes | None:
     runs = tracking.search_nightly_runs(config.tracking_uri, tracking.SCOPE_LANGUAGE, TREND_NIGHTS,
                                         config.catalog_uri, config.experiment)
     table = trend_table(runs, "language", prefixes=("quality/",))
-    table = table[table["metric"].str.endswith("/mean") | (table["metric"] == "quality/failure_rate")]
+    table = table[(table["metric"].str.endswith("/mean") | (table["metric"] == "quality/failure_rate"))
+                  & ~table["metric"].str.startswith("quality/metrics_")]  # not bookkeeping (time, frames)
     if table.empty:
         return None
     with tempfile.TemporaryDirectory() as scratch:
