@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip-frames", type=int, default=24, help="frames per stage 2 training window")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--history-noise", type=float, default=None,
+                   help="noise on the teacher-forced history, x latent std (GeneratorConfig.history_noise)")
     p.add_argument("--deepspeed-config", default=None, help="DeepSpeed JSON (default configs/train/cpu_fp32.json)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="global steps between checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore OUTPUT/checkpoints/LATEST")
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             dataset_dir = Path(args.output.removeprefix("file://")) / "dataset"
         dataset = str(build_or_reuse_synthetic(dataset_dir, args))
+    overrides = {} if args.history_noise is None else {"history_noise": args.history_noise}
     config = TrainConfig(dataset=dataset, output=args.output, preset=args.preset, seed=args.seed,
+                         model_overrides=overrides,
                          vae_steps=args.vae_steps, steps=args.steps, batch_clips=args.batch_clips,
                          vae_batch_frames=args.vae_batch_frames, clip_frames=args.clip_frames, lr=args.lr,
                          vae_lr=args.vae_lr, deepspeed_config=str(ds_config),

@@ -39,6 +39,8 @@ from training.shards import ClipDataset
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEEPSPEED_CONFIG = REPO_ROOT / "configs" / "train" / "cpu_fp32.json"
+# GeneratorConfig fields that only shape training (the loss), so a resumed run may change them
+TRAINING_ONLY_FIELDS = {"history_noise", "control_dropout"}
 
 
 @dataclass
@@ -359,6 +361,13 @@ def train(config: TrainConfig) -> TrainResult:
     if latest is not None:
         generator, resume_state = load_training_checkpoint(latest)
         log.info("resuming from %s (stage %s, global step %d)", latest, resume_state.stage, resume_state.step)
+        # training-only hyperparameters may change on resume; architecture fields may not
+        changed = {k: v for k, v in config.model_overrides.items() if getattr(generator.config, k) != v}
+        if set(changed) - TRAINING_ONLY_FIELDS:
+            raise ValueError(f"cannot change {sorted(set(changed) - TRAINING_ONLY_FIELDS)} when resuming {latest}")
+        if changed:
+            generator.config = dataclasses.replace(generator.config, **changed)
+            log.info("resumed with changed training hyperparameters %s", changed)
     else:
         generator_config = dataclasses.replace(get_preset(config.preset), **config.model_overrides)
         if generator_config.image_size != dataset.image_size:
