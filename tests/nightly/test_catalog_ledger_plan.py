@@ -140,22 +140,9 @@ def test_unreadable_ledger_is_reported_not_overwritten(tmp_path):
     assert path.read_bytes() == b"not parquet"
 
 
-def new_bucket(s3_server) -> str:
-    """A fresh bucket. (conftest's S3Server.new_bucket passes LocationConstraint=us-east-1, which S3 rejects.)"""
-    import uuid
-
-    import s3fs
-
-    name = f"nightly-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem(key=s3_server.access_key, secret=s3_server.secret_key,
-                      client_kwargs={"endpoint_url": s3_server.endpoint_url}).mkdir(name)
-    return name
-
-
-def test_catalog_and_ledger_on_s3(s3_server, tmp_path, shared_media, monkeypatch):
+def test_catalog_and_ledger_on_s3(s3_server, s3_bucket, tmp_path, shared_media, monkeypatch):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
-    s3_bucket = new_bucket(s3_server)
     fs = s3_server.filesystem()
     local = make_catalog(tmp_path / "cat", shared_media)
     fs.put(str(local) + "/", f"{s3_bucket}/catalog/", recursive=True)
