@@ -59,6 +59,7 @@ class RenderConfig:
     metrics: bool = True
     experiment: str = EXPERIMENT
     rows_per_batch: int = ROWS_PER_RENDER_BATCH
+    cpus_per_actor: float = RENDER_CPUS_PER_ACTOR
     mlflow_tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,6 +81,7 @@ class RenderOutcome:
     exit_code: int
     mlflow_run_id: str | None
     results: pd.DataFrame = field(repr=False)
+    stage_s: dict[str, float] = field(default_factory=dict)  # summed seconds per stage
 
     def summary_table(self) -> str:
         df = self.results
@@ -193,7 +195,7 @@ def run_render(config: RenderConfig) -> RenderOutcome:
             batch_size=config.rows_per_batch, batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_gpus=config.gpus_per_actor or None,
-            num_cpus=RENDER_CPUS_PER_ACTOR,
+            num_cpus=config.cpus_per_actor,
         )
         if config.metrics:
             # INPUT: result rows. OUTPUT: + metric columns. CPU tasks; reads each published MP4 back.
@@ -231,7 +233,7 @@ def run_render(config: RenderConfig) -> RenderOutcome:
     exit_code = 1 if failed_fraction > config.max_failed_fraction else 0
     mlflow_run_id = log_to_mlflow(config, run_id, checkpoint, cfg, model_version, results, results_uri, counts,
                                   frames, wall_s, stage_s)
-    return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results)
+    return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results, stage_s)
 
 
 class storage_local_checkpoint:
