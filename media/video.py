@@ -118,7 +118,16 @@ def read_video(path: str | Path, sample_rate: int = MODEL_SAMPLE_RATE, max_frame
 
 def probe_video(path: str | Path) -> dict:
     """Stream facts without decoding: codec names, size, fps, frame count, duration (s)."""
-    with av.open(str(path)) as container:
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: video file not found")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as e:
+        raise MediaError(f"{path}: unreadable video ({e})") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream")
         v = container.streams.video[0]
         a = container.streams.audio[0] if container.streams.audio else None
         return {

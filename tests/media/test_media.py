@@ -1,0 +1,92 @@
+"""media/: real decode and encode round trips (PyAV, Pillow, ffprobe) and clear errors on bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media import MediaError, Mp4Writer, encode_mp4, load_audio, load_image, probe_video, read_video
+
+
+def ffprobe(path: Path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def test_load_audio_resamples_48k_stereo_speech_to_16k_mono(shared_media):
+    wav = shared_media / "speech" / "english.wav"
+    samples = load_audio(wav)
+    duration_s = float(ffprobe(wav)["format"]["duration"])
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(samples.size / 16_000 - duration_s) < 0.01
+    assert 0.01 < np.abs(samples).max() <= 1.0  # real speech, not silence
+
+
+def test_load_audio_reads_the_audio_track_of_a_video(shared_media):
+    samples = load_audio(shared_media / "video" / "talking_512px_8s.mp4")
+    assert abs(samples.size / 16_000 - 8.0) < 0.1
+
+
+def test_load_audio_errors_name_the_file_and_cause(tmp_path, astronaut_png):
+    with pytest.raises(MediaError, match="missing.wav: audio file not found"):
+        load_audio(tmp_path / "missing.wav")
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"RIFF\x00\x00\x00\x00not really a wave file" * 10)
+    with pytest.raises(MediaError, match="garbage.wav: unreadable audio"):
+        load_audio(garbage)
+    with pytest.raises(MediaError, match="astronaut.png: (no audio stream|unreadable audio)"):
+        load_audio(astronaut_png)
+    empty = tmp_path / "empty.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "0", str(empty)], check=True)
+    with pytest.raises(MediaError, match="empty.wav: (audio has zero length|unreadable audio)"):
+        load_audio(empty)
+
+
+def test_load_image_decodes_rgb_and_rejects_corrupt_files(shared_media, tmp_path):
+    image = load_image(shared_media / "portraits" / "obama.jpg")
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes((shared_media / "portraits" / "obama.jpg").read_bytes()[:200])
+    with pytest.raises(MediaError, match="corrupt.jpg: corrupt or unsupported image"):
+        load_image(corrupt)
+    with pytest.raises(MediaError, match="nope.png: image file not found"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_encode_mp4_round_trip_is_h264_aac_with_the_audio_duration(tmp_path, speech_wav):
+    fps, seconds = 25, 1.2
+    audio = load_audio(speech_wav)[: int(seconds * 16_000)]
+    ramp = np.linspace(0, 255, 30, dtype=np.uint8)
+    frames = [np.full((64, 64, 3), ramp[i], np.uint8) for i in range(30)]
+    path = tmp_path / "clip.mp4"
+    assert encode_mp4(path, frames, fps, audio) == 30
+
+    streams = {s["codec_type"]: s for s in ffprobe(path)["streams"]}
+    assert streams["video"]["codec_name"] == "h264" and streams["video"]["pix_fmt"] == "yuv420p"
+    assert streams["audio"]["codec_name"] == "aac"
+    assert int(streams["video"]["nb_read_frames"]) == 30
+    assert abs(float(streams["audio"]["duration"]) - seconds) < 1 / fps
+
+    facts = probe_video(path)
+    assert (facts["video_codec"], facts["audio_codec"], facts["width"], facts["frames"]) == ("h264", "aac", 64, 30)
+    clip = read_video(path)
+    assert clip.frames.shape == (30, 64, 64, 3) and clip.fps == fps
+    # x264 at CRF 18 keeps flat frames within a few grey levels
+    assert np.abs(clip.frames.mean(axis=(1, 2, 3)) - ramp.astype(float)).max() < 4
+    assert abs(clip.audio.size - audio.size) < 16_000 / fps
+
+
+def test_mp4_writer_refuses_an_empty_video_and_probe_names_bad_files(tmp_path):
+    with pytest.raises(MediaError, match="no frames to encode"):
+        Mp4Writer(tmp_path / "empty.mp4", 25).close(np.zeros(1600, np.float32))
+    bogus = tmp_path / "bogus.mp4"
+    bogus.write_bytes(b"\x00" * 100)
+    with pytest.raises(MediaError, match="bogus.mp4: unreadable video"):
+        probe_video(bogus)
+    with pytest.raises(MediaError, match="bogus.mp4: unreadable video"):
+        read_video(bogus)
