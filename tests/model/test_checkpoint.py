@@ -1,0 +1,81 @@
+"""Checkpoints: safetensors + config.json round trip; pickles, corrupt files and mismatches refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from model import DEFAULT_CHECKPOINT, CheckpointError, checkpoint_version, get_preset, load_checkpoint, save_checkpoint
+from tests.model.conftest import request, small_generator
+
+
+@pytest.fixture
+def saved(tmp_path, generator):
+    return save_checkpoint(generator, tmp_path / "ckpt")
+
+
+def test_round_trip_gives_identical_frames(saved, generator):
+    loaded = load_checkpoint(saved)
+    req = request(generator, 5)
+    assert torch.equal(torch.stack(list(generator.stream([req]))), torch.stack(list(loaded.stream([req]))))
+    assert loaded.config == generator.config
+    assert checkpoint_version(saved).startswith("sha256:")
+
+
+def test_corrupted_weights_are_refused(saved):
+    data = (saved / "model.safetensors").read_bytes()
+    (saved / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or not a safetensors file"):
+        load_checkpoint(saved)
+
+
+def test_a_pickle_named_model_safetensors_is_refused_before_unpickling(saved, generator):
+    torch.save(generator.state_dict(), saved / "model.safetensors")
+    with pytest.raises(CheckpointError, match="pickle / torch.save file.*refusing to unpickle"):
+        load_checkpoint(saved)
+
+
+def test_a_lone_pickled_checkpoint_is_refused(tmp_path, generator):
+    d = tmp_path / "pickled"
+    d.mkdir()
+    torch.save(generator.state_dict(), d / "model.pt")
+    (d / "config.json").write_text(json.dumps({"format": "eartalking-generator", "format_version": 1, "config": generator.config.to_dict()}))
+    with pytest.raises(CheckpointError, match=r"missing \(found \['model.pt'\]: pickled checkpoints are refused"):
+        load_checkpoint(d)
+
+
+def test_config_that_does_not_match_the_weights_is_refused(saved):
+    meta = json.loads((saved / "config.json").read_text())
+    meta["config"]["d_model"] = 96
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="has shape .* config.json implies"):
+        load_checkpoint(saved)
+
+
+def test_expected_config_mismatch_is_refused(saved):
+    with pytest.raises(CheckpointError, match="config differs from the expected one"):
+        load_checkpoint(saved, expect=get_preset("tiny"))
+
+
+def test_wrong_format_version_and_missing_config_are_refused(saved, tmp_path):
+    meta = json.loads((saved / "config.json").read_text())
+    meta["format_version"] = 99
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="format_version 99"):
+        load_checkpoint(saved)
+    (saved / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json must sit beside"):
+        load_checkpoint(saved)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_shipped_default_checkpoint_loads_within_budget():
+    weights = DEFAULT_CHECKPOINT / "model.safetensors"
+    assert weights.stat().st_size <= 25 * 1024 * 1024
+    g = load_checkpoint(DEFAULT_CHECKPOINT)
+    training_only = {"history_noise": g.config.history_noise, "control_dropout": g.config.control_dropout}
+    assert g.config == get_preset("tiny", **training_only)  # the architecture is the tiny preset

@@ -1,0 +1,105 @@
+"""FCIC controls, batching and determinism of Generator.stream."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model import CONTROL_NAMES, CONTROL_SPECS, stack_controls
+from tests.model.conftest import request, small_generator
+
+
+def render(g, reqs) -> list[torch.Tensor]:
+    """Each request's own frames, (F, 3, S, S)."""
+    steps = torch.stack(list(g.stream(reqs)), dim=1)  # (B, Fmax, 3, S, S)
+    return [steps[i, : g.num_frames(r.audio.numel(), r.fps)] for i, r in enumerate(reqs)]
+
+
+def test_control_given_from_frame_k_changes_output_from_k_on_only(generator):
+    F, k = 12, 7
+    yaw = torch.full((F,), math.nan)
+    yaw[k:] = 30.0
+    free = render(generator, [request(generator, F)])[0]
+    steered = render(generator, [request(generator, F, controls={"yaw": yaw})])[0]
+    diff = (free - steered).abs().flatten(1).amax(1)  # (F,)
+    assert torch.all(diff[:k] == 0)
+    assert torch.all(diff[k:] > 1e-4)
+
+
+def test_absent_controls_equal_the_free_path(generator):
+    F = 6
+    free = render(generator, [request(generator, F)])[0]
+    all_nan = {name: torch.full((F,), math.nan) for name in CONTROL_NAMES}
+    assert torch.equal(free, render(generator, [request(generator, F, controls=all_nan)])[0])
+    assert torch.equal(free, render(generator, [request(generator, F, controls={})])[0])
+
+
+def test_every_control_changes_the_output(generator):
+    F = 4
+    free = render(generator, [request(generator, F)])[0]
+    for name, spec in CONTROL_SPECS.items():
+        steered = render(generator, [request(generator, F, controls={name: torch.full((F,), float(spec.max))})])[0]
+        assert (free - steered).abs().max() > 1e-5, name
+
+
+def test_batch_of_different_lengths_and_fps_equals_rendering_each_alone(generator):
+    reqs = [request(generator, 5, seed=1), request(generator, 11, fps=30.0, seed=2),
+            request(generator, 8, fps=24.0, seed=3, controls={"blink": torch.zeros(8)})]
+    together = render(generator, reqs)
+    for r, frames in zip(reqs, together):
+        alone = render(generator, [r])[0]
+        assert frames.shape == alone.shape
+        assert (frames - alone).abs().max().item() < 1e-5
+
+
+def test_same_inputs_give_the_same_frames(generator):
+    assert torch.equal(render(generator, [request(generator, 5)])[0], render(generator, [request(generator, 5)])[0])
+
+
+def test_frame_count_covers_the_audio_within_one_frame(generator):
+    for seconds, fps in ((1.0, 25.0), (2.37, 25.0), (1.0, 29.97), (0.01, 25.0)):
+        n = generator.num_frames(int(seconds * 16000), fps)
+        assert 0 <= n / fps - seconds < 1.0 / fps + 1e-9 or n == 1
+
+
+def test_unknown_control_and_wrong_portrait_size_are_refused(generator):
+    with pytest.raises(ValueError, match="unknown control 'smile'"):
+        stack_controls({"smile": torch.zeros(3)}, 3)
+    bad = request(generator, 3)
+    bad.portrait = torch.rand(3, 32, 32)
+    with pytest.raises(ValueError, match="portrait must be"):
+        next(generator.stream([bad]))
+
+
+def test_training_loss_backpropagates_and_hides_controls(generator):
+    generator.train()
+    S, F = generator.config.image_size, 6
+    portrait = torch.rand(2, 3, S, S)
+    frames = torch.rand(2, F, 3, S, S)
+    audio = torch.randn(2, int(F * 16000 / 25)) * 0.1
+    controls = torch.full((2, F, len(CONTROL_NAMES)), math.nan)
+    controls[..., 0] = 10.0
+    loss = generator.training_loss(portrait, frames, audio, 25.0, controls)
+    loss["total"].backward()
+    assert torch.isfinite(loss["total"]) and generator.head.weight.grad is not None
+    assert all(p.grad is None for p in generator.vae.parameters())  # the VAE is frozen in stage 2
+    vae_loss = generator.vae.loss(frames[0])
+    assert set(vae_loss) >= {"total", "l1", "kl"} and torch.isfinite(vae_loss["total"])
+
+
+def test_presets_have_the_documented_sizes():
+    from model import GeneratorConfig, Generator, get_preset
+
+    tiny = Generator(get_preset("tiny"))
+    params = sum(p.numel() for p in tiny.parameters())
+    assert params * 4 <= 25e6  # the shipped checkpoint budget (fp32 safetensors)
+    with torch.device("meta"):
+        base = Generator(get_preset("base"))
+    assert sum(p.numel() for p in base.parameters()) > 200e6
+    assert get_preset("base").image_size >= 256
+    with pytest.raises(KeyError, match="unknown preset"):
+        get_preset("huge")
+    with pytest.raises(AssertionError):
+        GeneratorConfig(image_size=100)
