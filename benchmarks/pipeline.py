@@ -5,7 +5,8 @@
 Prints one JSON object:
 - pipeline_vs_bare: frames/s of the whole job (manifest read, asset loading, rendering, MP4 encode,
   publish, results) over frames/s of `Generator.stream` alone on the same inputs and batch size, with the
-  generator on the same number of threads as the pipeline's render actor (goal >= 0.90);
+  generator on the same number of threads as the pipeline's render actor, measured before and after the
+  pipeline and the faster one kept (the ratio errs low on a shared machine; goal >= 0.90);
 - stage_share: share of the summed stage time spent reading/decoding inputs, rendering, encoding,
   uploading and measuring (metrics measured on a few clips of a second run, scaled per clip).
 Not a test: numbers depend on the machine; compare ratios from one run.
@@ -78,6 +79,8 @@ def main() -> None:
         checkpoint = args.checkpoint or (str(DEFAULT_CHECKPOINT) if (DEFAULT_CHECKPOINT / "model.safetensors").exists()
                                          else str(save_checkpoint(Generator(get_preset("tiny")), d / "random-tiny")))
         manifest = make_manifest(d, args.clips, args.seconds)
+        # the machine is shared: measure the bare generator before and after the pipeline, keep the faster
+        bare_before = bare_frames_per_s(checkpoint, manifest, ROWS_PER_RENDER_BATCH, threads=1)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         run_render(RenderConfig(str(manifest), str(d / "warmup"), checkpoint=checkpoint, metrics=False, tracking_uri=f"sqlite:///{d}/ml.db"))
         outcome = run_render(RenderConfig(str(manifest), str(d / "out"), checkpoint=checkpoint, metrics=False, tracking_uri=f"sqlite:///{d}/ml.db"))
@@ -86,7 +89,8 @@ def main() -> None:
         few.write_text("".join(manifest.read_text().splitlines(keepends=True)[:4]))
         measured = run_render(RenderConfig(str(few), str(d / "measured"), checkpoint=checkpoint, tracking_uri=f"sqlite:///{d}/ml.db"))
         ray.shutdown()
-        bare_fps = bare_frames_per_s(checkpoint, manifest, ROWS_PER_RENDER_BATCH, threads=1)
+        bare_after = bare_frames_per_s(checkpoint, manifest, ROWS_PER_RENDER_BATCH, threads=1)
+        bare_fps = max(bare_before, bare_after)
         s, per_clip_metrics = outcome.stage_s, measured.stage_s.get("metrics", 0.0) / max(1, measured.counts["ok"])
         stages = {"reading_decoding": s.get("load", 0.0), "rendering": s.get("render", 0.0),
                   "encoding": s.get("encode", 0.0), "uploading": s.get("upload", 0.0),
@@ -95,6 +99,7 @@ def main() -> None:
         print(json.dumps({
             "clips": args.clips, "seconds_per_clip": args.seconds, "checkpoint": checkpoint,
             "pipeline_frames_per_s": round(pipeline_fps, 2), "bare_frames_per_s": round(bare_fps, 2),
+            "bare_frames_per_s_before_after": [round(bare_before, 2), round(bare_after, 2)],
             "pipeline_vs_bare": round(pipeline_fps / bare_fps, 3),
             "stage_share": {k: round(v / total, 3) for k, v in stages.items()},
             "stage_s": {k: round(v, 2) for k, v in stages.items()},
