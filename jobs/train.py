@@ -1,9 +1,9 @@
 """`eartalk train`: build (or read) a training data set and train the generator's two stages.
 
-The shipped `tiny` checkpoint was made with exactly (see README, section training):
+A local CPU run (the shipped `tiny` checkpoint's exact commands are in README, section training):
 
     eartalk train --dataset synthetic --preset tiny --output out/train-tiny --seed 0 \\
-        --vae-steps 300 --steps 1500 --max-minutes 30 --install model/checkpoints/tiny
+        --vae-steps 320 --steps 900 --tracking-uri sqlite:///out/mlflow.db --install out/tiny
 
 On a Ray cluster (one GPU worker; the job builds the synthetic data set on the worker):
 
