@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, free_port, wait_for_port
 from tests.pipelines.helpers import check_video, short_speech, write_jsonl
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -39,29 +40,52 @@ def assert_every_row_exactly_once(out: Path, run_id: str, ids: list[str]) -> Non
         check_video(out / "videos" / f"{i}.mp4", expected_audio_s=1.0)
 
 
+def stop_cluster(temp_dir: str) -> None:
+    """Stop only the head started under temp_dir: `ray stop` would kill every Ray on the machine,
+    including this test session's own local Ray."""
+    import psutil
+
+    procs = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
+    procs += [c for p in procs for c in p.children(recursive=True)]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
 def test_ray_job_submit_on_loopback_runs_the_render_job(tmp_path, clips, random_tiny_checkpoint):
     port, dashboard = free_port(), free_port()
     temp_dir = f"/tmp/rj{uuid.uuid4().hex[:6]}"
     # Ray >= 2.59 enforces token authentication on clusters it starts: share one token with the CLI
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex * 2}
     subprocess.run([RAY, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                    "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                    "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+                    # the session's own local Ray holds the default agent ports: this head needs its own
+                    f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                    f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
                    check=True, env=env, capture_output=True, timeout=180)
     try:
         out = tmp_path / "out"
-        submit = subprocess.run(
-            [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--submission-id", "render-test",
-             "--working-dir", str(REPO_ROOT), "--", sys.executable, "-m", "jobs.render", str(clips),
-             "--output", str(out), "--run-id", "jobrun", "--checkpoint", str(random_tiny_checkpoint),
-             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-metrics"],
-            env=env, capture_output=True, text=True, timeout=600)
+        for _ in range(30):  # the dashboard port opens before the head's job agent is ready
+            submit = subprocess.run(
+                [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--submission-id", "render-test",
+                 "--working-dir", str(REPO_ROOT), "--", sys.executable, "-m", "jobs.render", str(clips),
+                 "--output", str(out), "--run-id", "jobrun", "--checkpoint", str(random_tiny_checkpoint),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-metrics"],
+                env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(2)
         status = subprocess.run([RAY, "job", "status", "--address", f"http://127.0.0.1:{dashboard}", "render-test"],
                                 env=env, capture_output=True, text=True, timeout=60)
-        assert submit.returncode == 0 and "succeeded" in (status.stdout + status.stderr).lower(), (submit.stdout[-2000:], status.stdout, status.stderr)
+        assert submit.returncode == 0 and "succeeded" in (status.stdout + status.stderr).lower(), (
+            submit.stdout[-2000:], submit.stderr[-2000:], status.stdout, status.stderr)
         assert "6 ok, 0 failed" in submit.stdout
         assert_every_row_exactly_once(out, "jobrun", [f"clip{i}" for i in range(6)])
     finally:
-        subprocess.run([RAY, "stop", "--force"], env={**env, "RAY_TMPDIR": temp_dir}, capture_output=True, timeout=120)
+        stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
