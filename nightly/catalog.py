@@ -33,7 +33,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from nightly import storage
+from pipelines import storage
 
 PORTRAIT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac")

@@ -1,7 +1,7 @@
 """The nightly ledger: every render attempt of a catalog pair, with its content hash and model version.
 
 One Parquet file in storage (default `OUTPUT/nightly/ledger.parquet`), rewritten atomically after each
-render (see storage.write_bytes_atomic): a crash leaves the previous ledger intact, never half a file.
+render (see storage.publish_bytes): a crash leaves the previous ledger intact, never half a file.
 A pair counts as rendered when a row with its input hash has status 'ok'; that is the whole
 "never render twice" rule. One writer at a time is assumed (the CronJob's concurrencyPolicy is Forbid).
 """
@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nightly import storage
+from pipelines import storage
 
 LEDGER_SCHEMA = pa.schema([
     ("pair_id", pa.string()),          # <item>/<language>
@@ -89,5 +89,5 @@ class Ledger:
         table = pa.Table.from_pandas(combined, schema=LEDGER_SCHEMA, preserve_index=False)
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        storage.write_bytes_atomic(self.uri, buffer.getvalue())
+        storage.publish_bytes(buffer.getvalue(), self.uri)
         self.table = table.to_pandas()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from nightly import storage
+from pipelines import storage
 from nightly.catalog import HashedPair
 from nightly.ledger import Ledger
 
@@ -77,4 +77,4 @@ def manifest_rows(plan: NightPlan) -> list[dict]:
 def write_manifest(rows: list[dict], uri: str) -> None:
     """JSONL, one row per line, written atomically."""
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    storage.write_bytes_atomic(uri, text.encode("utf-8"))
+    storage.publish_bytes(text.encode("utf-8"), uri)

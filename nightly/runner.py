@@ -32,11 +32,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
-from nightly import storage, tracking
+from nightly import tracking
 from nightly.catalog import hash_pairs, read_catalog
 from nightly.ledger import LEDGER_SCHEMA, Ledger
 from nightly.plan import DEFAULT_MAX_ATTEMPTS, manifest_rows, plan_night, write_manifest
 from nightly.report import ReportInputs, metric_columns_of, render_html
+from pipelines import storage
 
 log = logging.getLogger("eartalk.nightly")
 
@@ -247,7 +248,7 @@ def write_results(frame: pd.DataFrame, uri: str) -> None:
             columns[field.name] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pydict(columns, schema=schema), buffer)
-    storage.write_bytes_atomic(uri, buffer.getvalue())
+    storage.publish_bytes(buffer.getvalue(), uri)
 
 
 # ------------------------------------------------------------------ comparison (metrics engineer's compare)
@@ -510,7 +511,7 @@ def write_reports(config: NightlyConfig, tonight: pd.DataFrame, outcome: Nightly
                           comparison=comparison.table if comparison is not None else None,
                           trends_png=_trend_png(config), worst_rows=config.report_rows)
     report_uri = storage.join(config.night_uri, "report.html")
-    storage.write_bytes_atomic(report_uri, render_html(inputs, _relative_video(report_uri)).encode())
+    storage.publish_bytes(render_html(inputs, _relative_video(report_uri)).encode(), report_uri)
     copies: dict[str, bytes] = {}
     embedded = render_html(inputs, _embedded_video(copies))
     with tempfile.TemporaryDirectory() as scratch:

@@ -67,6 +67,12 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *[p.strip("/") for p in parts])
 
 
+def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path returned by fs.ls/glob turned back into a URI other tools can open."""
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
 def resolve(uri: str, base: str) -> str:
     """A manifest's relative path resolved against the manifest's own folder (absolute URIs unchanged)."""
     if "://" in uri or uri.startswith("/"):

@@ -172,7 +172,7 @@ def mlflow_server(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_port(port, timeout_s=120, proc=proc)
+        wait_for_port(port, timeout_s=300, proc=proc)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

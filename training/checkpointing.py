@@ -4,7 +4,7 @@ Layout under the run's output URI:
 
     checkpoints/step-00000400/model.safetensors   model.save_checkpoint: weights + config.json
     checkpoints/step-00000400/config.json
-    checkpoints/step-00000400/trainer.pt           optimizer + scheduler state, torch RNG (torch.save)
+    checkpoints/step-00000400/trainer.pt           optimizer + scheduler state, torch RNG (torch.save; loaded weights_only)
     checkpoints/step-00000400/trainer.json         {"stage": "vae"|"transformer", "step": 400, ...}
     checkpoints/LATEST                             "step-00000400", written last, so a reader never
                                                    sees a half-written checkpoint as the latest
@@ -91,7 +91,8 @@ def load_training_checkpoint(uri: str) -> tuple[torch.nn.Module, TrainerState]:
             fs.get_file(remote, str(local / Path(remote).name))
         generator = load_checkpoint(local)
         meta = json.loads((local / "trainer.json").read_text())
-        saved = torch.load(local / "trainer.pt", map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, so a tampered file cannot run code on load
+        saved = torch.load(local / "trainer.pt", map_location="cpu", weights_only=True)
     state = TrainerState(stage=meta["stage"], step=int(meta["step"]), optimizer=saved["optimizer"],
                          scheduler=saved["scheduler"], rng=saved["rng"])
     return generator, state
