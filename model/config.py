@@ -37,6 +37,7 @@ class GeneratorConfig:
     history_noise: float = 0.1  # training: std of noise added to teacher-forced previous-frame latents
 
     def __post_init__(self) -> None:
+        assert len(self.vae_channels) >= 2, "the VAE decoder predicts its flow at the second-finest scale"
         assert self.image_size % (2 ** len(self.vae_channels)) == 0, "image_size must divide by the VAE stride"
         assert self.latent_size % self.latent_patch == 0, "latent grid must divide into patches"
         assert self.d_model % self.n_heads == 0 and self.head_dim % 2 == 0, "head dim must be even for RoPE"

@@ -1,12 +1,27 @@
-"""Frame codec: a small convolutional VAE between RGB frames and a latent grid.
+"""Frame codec: a convolutional VAE between RGB frames and a latent grid, decoded against the portrait.
 
 Each (3, S, S) frame becomes a (latent_channels, S/2^k, S/2^k) grid, k = len(vae_channels); the
-transformer sees it cut into P = (latent_size / latent_patch)^2 tokens. GroupNorm rather than BatchNorm,
-so a video's frames never depend on which other videos share its batch. The KL weight is tiny (as in
-latent-diffusion autoencoders): the latent is for reconstruction, not for sampling.
+transformer sees it cut into P = (latent_size / latent_patch)^2 tokens.
+
+The decoder is reference-conditioned: it sees the video's portrait (the SFA sink frame) through the
+encoder's multi-scale features, predicts a dense flow that warps the portrait's pixels, and blends in
+newly painted pixels (open mouth, closed lids, disoccluded background) through a mask:
+
+    frame = mask * warp(portrait, flow) + (1 - mask) * painted
+
+Why: a latent of 16x16x8 cannot carry a face's texture sharply, and a blurred face loses its identity
+(and its landmarks) — but a talking head's pixels are almost all the portrait's, moved. So the latent
+only has to say how the face moved and what opened or closed, identity comes from the portrait by
+construction, and the model generalizes to faces it never saw (warping is identity-agnostic). This is
+the motion-transfer idea of FOMM / LIA, in the latent the SFA transformer predicts.
+
+GroupNorm rather than BatchNorm, so a video's frames never depend on which videos share its batch. The
+KL weight is tiny (as in latent-diffusion autoencoders): the latent is for reconstruction, not sampling.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,48 +46,118 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
+class Reference(NamedTuple):
+    """The portrait as the decoder needs it: pixels, encoder features per scale, and its latent."""
+
+    image: torch.Tensor  # (B, 3, S, S) in [0, 1]
+    features: tuple[torch.Tensor, ...]  # encoder features at S, S/2, ..., S/2^k (finest first)
+    latent: torch.Tensor  # (B, Cl, L, L): the posterior mean
+
+    def repeat_frames(self, frames: int) -> "Reference":
+        """Each batch item repeated `frames` times (batch-major), to decode (B * F) latents at once."""
+        def rep(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat_interleave(frames, dim=0)
+
+        return Reference(rep(self.image), tuple(rep(f) for f in self.features), rep(self.latent))
+
+
 class FrameVAE(nn.Module):
     kl_weight = 1e-6
+    max_flow = 0.5  # largest displacement, in grid_sample's [-1, 1] units (a quarter of the frame)
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
         self.cfg = cfg
         chans = cfg.vae_channels
-        enc: list[nn.Module] = [nn.Conv2d(3, chans[0], 3, padding=1)]
+        self.stem = nn.Conv2d(3, chans[0], 3, padding=1)
+        self.down = nn.ModuleList()
         c_in = chans[0]
         for c in chans:
-            enc += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), ResBlock(c)]  # halves H, W
+            self.down.append(nn.Sequential(nn.Conv2d(c_in, c, 4, stride=2, padding=1), ResBlock(c)))  # halves H, W
             c_in = c
-        enc += [norm(c_in), nn.SiLU(), nn.Conv2d(c_in, 2 * cfg.latent_channels, 3, padding=1)]
-        self.encoder = nn.Sequential(*enc)
+        self.to_latent = nn.Sequential(norm(c_in), nn.SiLU(), nn.Conv2d(c_in, 2 * cfg.latent_channels, 3, padding=1))
 
-        dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, chans[-1], 3, padding=1)]
+        # decoder: at each scale, coarse to fine, join the portrait's features of that scale (1x1 conv)
+        ref_chans = (chans[0], *chans)  # encoder feature widths at S, S/2, ..., finest first
+        self.from_latent = nn.Conv2d(cfg.latent_channels, chans[-1], 3, padding=1)
+        self.join = nn.ModuleList()
+        self.up = nn.ModuleList()
         c_in = chans[-1]
-        for c in reversed(chans):
-            dec += [ResBlock(c_in), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c, 3, padding=1)]
+        for level, c in zip(range(len(chans), 0, -1), reversed(chans)):
+            self.join.append(nn.Conv2d(c_in + ref_chans[level], c_in, 1))
+            self.up.append(nn.Sequential(ResBlock(c_in), nn.Upsample(scale_factor=2, mode="nearest"),
+                                         nn.Conv2d(c_in, c, 3, padding=1)))
             c_in = c
-        dec += [norm(c_in), nn.SiLU(), nn.Conv2d(c_in, 3, 3, padding=1)]
-        self.decoder = nn.Sequential(*dec)
+        self.join.append(nn.Conv2d(c_in + ref_chans[0], c_in, 1))
+        # flow at half resolution (smooth, cheap), upsampled; mask and painted pixels at full resolution
+        self.to_flow = nn.Sequential(norm(chans[1]), nn.SiLU(), nn.Conv2d(chans[1], 2, 3, padding=1))
+        self.to_paint = nn.Sequential(norm(c_in), nn.SiLU(), nn.Conv2d(c_in, 4, 3, padding=1))
+        nn.init.zeros_(self.to_flow[-1].weight)  # start as "the portrait, unmoved"
+        nn.init.zeros_(self.to_flow[-1].bias)
+        nn.init.constant_(self.to_paint[-1].bias[:1], 3.0)  # mask ~0.95: copy the portrait at first
 
-    def encode_dist(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) in [0, 1] -> mean, log-variance, each (B, Cl, L, L)."""
-        mean, logvar = self.encoder(frames * 2.0 - 1.0).chunk(2, dim=1)
-        return mean, logvar.clamp(-20.0, 10.0)
+    # ------------------------------------------------------------------ encoder
+    def _encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(B, 3, S, S) in [0, 1] -> mean, log-variance (B, Cl, L, L), features per scale."""
+        h = self.stem(frames * 2.0 - 1.0)
+        features = [h]
+        for stage in self.down:
+            h = stage(h)
+            features.append(h)
+        mean, logvar = self.to_latent(h).chunk(2, dim=1)
+        return mean, logvar.clamp(-20.0, 10.0), tuple(features)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Deterministic latent (the posterior mean): (B, 3, S, S) -> (B, Cl, L, L)."""
-        return self.encode_dist(frames)[0]
+        return self._encode(frames)[0]
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, Cl, L, L) -> (B, 3, S, S) in [0, 1]."""
-        return (self.decoder(latents).clamp(-1.0, 1.0) + 1.0) / 2.0
+    def reference(self, portraits: torch.Tensor) -> Reference:
+        """Encode the portraits once per video: (B, 3, S, S) in [0, 1] -> Reference."""
+        mean, _, features = self._encode(portraits)
+        return Reference(portraits, features, mean)
 
-    def loss(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Reconstruction (L1 + MSE) + KL on a (B, 3, S, S) batch in [0, 1]."""
-        mean, logvar = self.encode_dist(frames)
+    # ------------------------------------------------------------------ decoder
+    def decode(self, latents: torch.Tensor, reference: Reference) -> torch.Tensor:
+        """(B, Cl, L, L) latents against their (B-item) reference -> (B, 3, S, S) in [0, 1]."""
+        h = self.from_latent(latents)
+        levels = len(self.up)
+        flow = None
+        for i, (join, up) in enumerate(zip(self.join, self.up)):
+            h = join(torch.cat((h, reference.features[levels - i]), dim=1))
+            if i == levels - 1:  # at S/2, with the portrait's S/2 features joined
+                flow = self.to_flow(h)
+            h = up(h)
+        h = self.join[-1](torch.cat((h, reference.features[0]), dim=1))
+        paint = self.to_paint(h)
+        mask, painted = torch.sigmoid(paint[:, :1]), torch.sigmoid(paint[:, 1:])
+        size = reference.image.shape[-2:]
+        flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+        flow = self.max_flow * torch.tanh(flow).permute(0, 2, 3, 1)  # (B, S, S, 2) as (x, y)
+        grid = _identity_grid(latents.shape[0], size, flow.device, flow.dtype) + flow
+        warped = F.grid_sample(reference.image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return mask * warped + (1.0 - mask) * painted
+
+    # ------------------------------------------------------------------ training
+    def loss(self, frames: torch.Tensor, portraits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Reconstruction of frames (B, 3, S, S) against their clips' portraits (B, 3, S, S), in [0, 1].
+
+        L1 + MSE over the frame, plus L1 weighted by how much each pixel differs from the portrait: most
+        of a talking head is static, and the mouth and eyes would otherwise drown in it.
+        """
+        mean, logvar, _ = self._encode(frames)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        recon = (self.decoder(z) + 1.0) / 2.0
-        l1 = F.l1_loss(recon, frames)
-        mse = F.mse_loss(recon, frames)
+        recon = self.decode(z, self.reference(portraits))
+        error = (recon - frames).abs()
+        moved = F.avg_pool2d((frames - portraits).abs().mean(1, keepdim=True), 5, stride=1, padding=2)
+        motion_l1 = (error * moved).sum() / (3 * moved.sum()).clamp(min=1e-6)
+        l1 = error.mean()
+        mse = error.pow(2).mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-        return {"total": l1 + mse + self.kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
+        total = l1 + mse + motion_l1 + self.kl_weight * kl
+        return {"total": total, "l1": l1, "mse": mse, "motion_l1": motion_l1, "kl": kl}
+
+
+def _identity_grid(batch: int, size: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """grid_sample's sampling grid that returns the input unchanged: (B, H, W, 2) as (x, y) in [-1, 1]."""
+    theta = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=device, dtype=dtype).expand(batch, 2, 3)
+    return F.affine_grid(theta, [batch, 1, *size], align_corners=False)

@@ -6,7 +6,8 @@ Pipeline per frame t (block b = t + 1; block 0 is the reference portrait, the at
     audio around frame t                                 -> A audio tokens ├─ block (Pb = P + A + C tokens)
     controls of frame t (absent -> learned embedding)    -> C control tokens┘
     block -> SFA transformer (KV cache: sinks + ring of W blocks) -> hidden of the P frame tokens
-          -> head -> latent delta; frame t latent = portrait latent + delta -> VAE decoder -> RGB frame
+          -> head -> latent delta; frame t latent = portrait latent + delta
+          -> VAE decoder against the portrait (warp + paint, frame_vae.py) -> RGB frame
 
 Design note, the output head. The paper's exact head could not be established offline, so this uses a
 deterministic regression head in the VAE's latent space, predicting each frame's latent as the
@@ -114,11 +115,11 @@ class Generator(nn.Module):
         lat = self.vae.encode(frames.reshape(-1, *frames.shape[-3:]))
         return lat.reshape(*lead, *lat.shape[1:])
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """(..., Cl, L, L) -> (..., 3, S, S) in [0, 1]."""
-        lead = latents.shape[:-3]
-        img = self.vae.decode(latents.reshape(-1, *latents.shape[-3:]))
-        return img.reshape(*lead, *img.shape[1:])
+    def decode_latents(self, latents: torch.Tensor, portraits: torch.Tensor) -> torch.Tensor:
+        """Latents (B, F, Cl, L, L) of videos with portraits (B, 3, S, S) -> frames (B, F, 3, S, S) in [0, 1]."""
+        B, F_ = latents.shape[:2]
+        img = self.vae.decode(latents.flatten(0, 1), self.vae.reference(portraits).repeat_frames(F_))
+        return img.view(B, F_, *img.shape[1:])
 
     # ------------------------------------------------------------------ blocks
     def reference_block(self, ref_latent: torch.Tensor) -> torch.Tensor:
@@ -166,7 +167,8 @@ class Generator(nn.Module):
         lengths = [self.num_frames(r.audio.numel(), r.fps) for r in requests]
         total = max(lengths)
         portraits = torch.stack([r.portrait for r in requests]).to(self.device, self.dtype)  # (B, 3, S, S)
-        ref = self.vae.encode(portraits)  # (B, Cl, L, L)
+        reference = self.vae.reference(portraits)  # the portraits' latents and decoder features, once
+        ref = reference.latent  # (B, Cl, L, L)
         audio_tokens, control_tokens = self.condition_tokens(requests, total)
         cache = self.transformer.new_cache(len(requests), self.block_tokens, self.device, self.dtype)
         self.transformer.forward_cached(self.reference_block(ref), cache, block=0)  # prefill the sink
@@ -175,7 +177,7 @@ class Generator(nn.Module):
             block = self.frame_blocks(prev[:, None], audio_tokens[:, t : t + 1], control_tokens[:, t : t + 1])[:, 0]
             hidden = self.transformer.forward_cached(block, cache, block=t + 1)  # (B, Pb, D)
             prev = self.predict_latents(hidden[:, None], ref)[:, 0]  # (B, Cl, L, L)
-            yield self.vae.decode(prev)
+            yield self.vae.decode(prev, reference)
 
     def new_cache(self, batch: int) -> KVCache:
         return self.transformer.new_cache(batch, self.block_tokens, self.device, self.dtype)
@@ -195,23 +197,27 @@ class Generator(nn.Module):
         hidden = hidden.view(B, F_ + 1, self.block_tokens, -1)[:, 1:]  # (B, F, Pb, D)
         return self.predict_latents(hidden, ref_latent)
 
-    def training_loss(self, portrait: torch.Tensor, frames: torch.Tensor, audio: torch.Tensor, fps: float,
-                      controls: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def training_loss(self, portrait: torch.Tensor | None, frames: torch.Tensor | None, audio: torch.Tensor,
+                      fps: float, controls: torch.Tensor | None = None,
+                      latents: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Stage-2 loss on a batch of clips of equal length.
 
         portrait (B, 3, S, S) and frames (B, F, 3, S, S) in [0, 1]; audio (B, N) 16 kHz covering the clip;
-        controls (B, F, C) in CONTROL_NAMES order with NaN = absent, or None. The VAE is used frozen.
+        controls (B, F, C) in CONTROL_NAMES order with NaN = absent, or None. The VAE is used frozen, so a
+        caller that has its latents cached passes `latents` = (portrait (B, Cl, L, L), frames
+        (B, F, Cl, L, L)) instead of the images.
         """
-        B, F_ = frames.shape[:2]
-        with torch.no_grad():
-            ref = self.vae.encode(portrait)  # (B, Cl, L, L)
-            target = self.encode_frames(frames)  # (B, F, Cl, L, L)
+        if latents is None:
+            with torch.no_grad():
+                latents = self.vae.encode(portrait), self.encode_frames(frames)
+        ref, target = latents  # (B, Cl, L, L), (B, F, Cl, L, L)
+        B, F_ = target.shape[:2]
         prev = torch.cat((ref[:, None], target[:, :-1]), dim=1)  # (B, F, Cl, L, L)
         if self.training and self.config.history_noise > 0:
             prev = prev + torch.randn_like(prev) * self.config.history_noise * target.std()
         audio_tokens = self.audio(audio, fps, F_)  # (B, F, A, D)
         values = controls if controls is not None else torch.full((B, F_, len(CONTROL_NAMES)), math.nan)
-        values = values.to(frames.device, frames.dtype)
+        values = values.to(target.device, target.dtype)
         if self.training:
             values = drop_controls(values, self.config.control_dropout)
         pred = self.forward_full(ref, prev, audio_tokens, self.controls(values))

@@ -1,9 +1,10 @@
 """The two training stages, each driven by a DeepSpeed engine.
 
-Stage 1 trains the frame VAE on single frames (`FrameVAE.loss(frames)`); stage 2 freezes it and
-trains the rest of the generator, the audio encoder and the SFA transformer with FCIC controls, on
-clips (`Generator.training_loss(portrait, frames, audio, fps, controls)`), dropping controls at
-random so that absent controls leave the model free (FCIC's "control dropout").
+Stage 1 trains the frame VAE on frames against their clips' portraits (`FrameVAE.loss(frames,
+portraits)`: the decoder warps the portrait); stage 2 freezes it and trains the rest of the
+generator, the audio encoder and the SFA transformer with FCIC controls, on clips
+(`Generator.training_loss(portrait, frames, audio, fps, controls)`), dropping controls at random so
+that absent controls leave the model free (FCIC's "control dropout").
 
 DeepSpeed: `deepspeed.initialize` wraps each stage's loss module with the client's AdamW and
 schedule; the ZeRO stage, precision, clipping and micro-batch come from a JSON file in
@@ -137,27 +138,28 @@ def _loss_dict(out) -> dict[str, torch.Tensor]:
 
 
 class VAELoss(nn.Module):
-    """Stage 1's module for the engine: frames (B, 3, S, S) -> FrameVAE.loss."""
+    """Stage 1's module for the engine: frames and their clips' portraits (B, 3, S, S) -> FrameVAE.loss."""
 
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        return _loss_dict(self.vae.loss(frames))
+    def forward(self, frames: torch.Tensor, portraits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _loss_dict(self.vae.loss(frames, portraits))
 
 
 class TransformerLoss(nn.Module):
-    """Stage 2's module for the engine: a clip batch -> Generator.training_loss."""
+    """Stage 2's module for the engine: a clip batch (images, or cached latents) -> Generator.training_loss."""
 
     def __init__(self, generator: nn.Module, fps: float):
         super().__init__()
         self.generator = generator
         self.fps = fps
 
-    def forward(self, portrait, frames, audio, controls) -> dict[str, torch.Tensor]:
+    def forward(self, audio, controls, portrait=None, frames=None, ref_latent=None, target_latents=None):
+        latents = None if ref_latent is None else (ref_latent, target_latents)
         return _loss_dict(self.generator.training_loss(portrait=portrait, frames=frames, audio=audio,
-                                                       fps=self.fps, controls=controls))
+                                                       fps=self.fps, controls=controls, latents=latents))
 
 
 def frame_vae_of(generator: nn.Module) -> nn.Module:
@@ -170,11 +172,36 @@ def frame_vae_of(generator: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------- batches
 
 
+class ClipLatents:
+    """The frozen VAE's latents of each clip (portrait, frames), encoded on first use and kept.
+
+    Stage 2 draws every clip many times and the VAE no longer changes, so encoding each frame once
+    instead of at every step removes most of a CPU step's cost (the encoder is the heavy part).
+    """
+
+    def __init__(self, dataset: ClipDataset, vae: nn.Module):
+        self.dataset = dataset
+        self.vae = vae
+        self._memo: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip `index` -> portrait latent (Cl, L, L), frame latents (F, Cl, L, L), on the CPU."""
+        if index not in self._memo:
+            clip = self.dataset[index]
+            param = next(self.vae.parameters())
+            images = BatchSampler._images(np.concatenate((clip.portrait[None], clip.frames)))  # (1 + F, 3, S, S)
+            with torch.no_grad():
+                latents = self.vae.encode(images.to(param.device, param.dtype)).float().cpu()
+            self._memo[index] = latents[0], latents[1:]
+        return self._memo[index]
+
+
 class BatchSampler:
     """Random batches from a clip data set, reproducible from (seed, rank)."""
 
     def __init__(self, dataset: ClipDataset, config: TrainConfig, control_names: list[str], rank: int = 0):
         self.dataset = dataset
+        self.latents: ClipLatents | None = None  # set in stage 2: clip batches then carry latents, not images
         self.config = config
         self.rng = np.random.default_rng([config.seed, rank])
         self.model_controls = list(control_names)
@@ -193,13 +220,15 @@ class BatchSampler:
         """(..., S, S, 3) uint8 -> (..., 3, S, S) float in [0, 1]."""
         return torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, -3).float().div_(255.0).contiguous()
 
-    def vae_batch(self) -> torch.Tensor:
-        picks = []
+    def vae_batch(self) -> dict:
+        """Frames with their clips' portraits (the decoder's reference); now and then the portrait itself."""
+        frames, portraits = [], []
         for _ in range(self.config.vae_batch_frames):
             clip = self.dataset[int(self.rng.integers(len(self.dataset)))]
             f = int(self.rng.integers(clip.frames.shape[0] + 1))
-            picks.append(clip.portrait if f == clip.frames.shape[0] else clip.frames[f])
-        return self._images(np.stack(picks))  # (B, 3, S, S)
+            frames.append(clip.portrait if f == clip.frames.shape[0] else clip.frames[f])
+            portraits.append(clip.portrait)
+        return {"frames": self._images(np.stack(frames)), "portraits": self._images(np.stack(portraits))}
 
     def clip_batch(self) -> dict:
         cfg, ds = self.config, self.dataset
@@ -207,10 +236,16 @@ class BatchSampler:
         portraits, frames, audio, controls = [], [], [], []
         span = int(round(cfg.clip_frames * samples_per_frame))
         for _ in range(cfg.batch_clips):
-            clip = ds[int(self.rng.integers(len(ds)))]
+            index = int(self.rng.integers(len(ds)))
+            clip = ds[index]
             start = int(self.rng.integers(0, ds.clip_frames - cfg.clip_frames + 1))
-            portraits.append(clip.portrait)
-            frames.append(clip.frames[start:start + cfg.clip_frames])
+            if self.latents is None:
+                portraits.append(clip.portrait)
+                frames.append(clip.frames[start:start + cfg.clip_frames])
+            else:
+                ref, clip_latents = self.latents(index)
+                portraits.append(ref)
+                frames.append(clip_latents[start:start + cfg.clip_frames])
             first = int(round(start * samples_per_frame))
             piece = clip.audio[first:first + span]
             audio.append(np.pad(piece, (0, span - len(piece))))
@@ -229,12 +264,17 @@ class BatchSampler:
         for c, name in enumerate(self.model_controls):
             if name in self.control_names:
                 values[:, :, c] = stacked[:, :, ds.controls.index(name)]
-        return {
-            "portrait": self._images(np.stack(portraits)),  # (B, 3, S, S)
-            "frames": self._images(np.stack(frames)),  # (B, F, 3, S, S)
+        batch = {
             "audio": torch.from_numpy(np.stack(audio).astype(np.float32)),  # (B, N)
             "controls": torch.from_numpy(values),  # (B, F, C) in the model's CONTROL_NAMES order, NaN = absent
         }
+        if self.latents is None:
+            batch["portrait"] = self._images(np.stack(portraits))  # (B, 3, S, S)
+            batch["frames"] = self._images(np.stack(frames))  # (B, F, 3, S, S)
+        else:
+            batch["ref_latent"] = torch.stack(portraits)  # (B, Cl, L, L)
+            batch["target_latents"] = torch.stack(frames)  # (B, F, Cl, L, L)
+        return batch
 
 
 def _to(batch, device: torch.device, dtype: torch.dtype):
@@ -313,7 +353,7 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
     running: dict[str, float] = {}
     while step < last_step:
         batch = _to(next_batch(), engine.device, dtype)
-        out = engine(batch) if stage == "vae" else engine(**batch)
+        out = engine(**batch)
         engine.backward(out["total"])
         engine.step()
         step += 1
@@ -397,6 +437,7 @@ def train(config: TrainConfig) -> TrainResult:
             for p in vae.parameters():
                 p.requires_grad_(False)  # stage 2 learns in the frozen VAE's latent space
             generator.train()
+            sampler.latents = ClipLatents(dataset, vae)
             params = [p for p in generator.parameters() if p.requires_grad]
             state = resume_state if resume_state and resume_state.stage == "transformer" else None
             reached = run_stage("transformer", TransformerLoss(generator, dataset.fps), params, sampler.clip_batch,

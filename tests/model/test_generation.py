@@ -85,8 +85,8 @@ def test_training_loss_backpropagates_and_hides_controls(generator):
     loss["total"].backward()
     assert torch.isfinite(loss["total"]) and generator.head.weight.grad is not None
     assert all(p.grad is None for p in generator.vae.parameters())  # the VAE is frozen in stage 2
-    vae_loss = generator.vae.loss(frames[0])
-    assert set(vae_loss) >= {"total", "l1", "kl"} and torch.isfinite(vae_loss["total"])
+    vae_loss = generator.vae.loss(frames[0], portrait[:1].expand(F, -1, -1, -1))
+    assert set(vae_loss) >= {"total", "l1", "motion_l1", "kl"} and torch.isfinite(vae_loss["total"])
 
 
 def test_presets_have_the_documented_sizes():
@@ -103,3 +103,41 @@ def test_presets_have_the_documented_sizes():
         get_preset("huge")
     with pytest.raises(AssertionError):
         GeneratorConfig(image_size=100)
+
+
+def _pinned_decoder(generator, flow_x: float):
+    """The VAE decoder with its flow fixed to a constant shift and its mask saturated to 'copy'."""
+    vae = generator.vae
+    with torch.no_grad():
+        vae.to_flow[-1].weight.zero_()
+        vae.to_flow[-1].bias.copy_(torch.tensor([math.atanh(flow_x / vae.max_flow), 0.0]))
+        vae.to_paint[-1].weight.zero_()
+        vae.to_paint[-1].bias[0] = 40.0  # sigmoid -> 1: every pixel comes from the warped portrait
+    return vae
+
+
+def test_decoder_warps_the_portraits_pixels():
+    from model import Generator, get_preset
+
+    generator = Generator(get_preset("tiny", n_layers=1)).eval()
+    S = generator.config.image_size
+    portrait = torch.rand(2, 3, S, S)
+    latents = torch.randn(2, generator.config.latent_channels, generator.config.latent_size, generator.config.latent_size)
+    vae = _pinned_decoder(generator, 0.0)
+    with torch.no_grad():
+        unmoved = vae.decode(latents, vae.reference(portrait))
+    assert (unmoved - portrait).abs().max().item() < 1e-5  # zero flow returns the portrait exactly
+    vae = _pinned_decoder(generator, 2.0 / S)  # one pixel in grid_sample's [-1, 1] units
+    with torch.no_grad():
+        shifted = vae.decode(latents, vae.reference(portrait))
+    # output pixel x samples the portrait at x + 1: the face moves one pixel left
+    assert (shifted[..., :-1] - portrait[..., 1:]).abs().max().item() < 1e-4
+
+
+def test_decoder_output_depends_on_the_portrait(generator):
+    S = generator.config.image_size
+    latents = torch.randn(1, generator.config.latent_channels, generator.config.latent_size, generator.config.latent_size)
+    with torch.no_grad():
+        a = generator.vae.decode(latents, generator.vae.reference(torch.rand(1, 3, S, S)))
+        b = generator.vae.decode(latents, generator.vae.reference(torch.rand(1, 3, S, S)))
+    assert (a - b).abs().mean().item() > 0.05

@@ -57,7 +57,7 @@ def test_stream_yields_the_decoded_streamed_latents(generator):
     _, streamed, _, _ = stream_latents(generator, req)
     frames = torch.stack(list(generator.stream([req])), dim=1)  # (1, F, 3, S, S)
     with torch.no_grad():
-        decoded = generator.decode_latents(streamed)
+        decoded = generator.decode_latents(streamed, req.portrait[None])
     assert frames.shape == decoded.shape and (frames - decoded).abs().max().item() < 1e-5
 
 

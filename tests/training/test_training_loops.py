@@ -122,3 +122,23 @@ def test_control_batches_follow_the_model_order_with_extra_dropout(dataset):
     first = batches[0]
     assert first["frames"].shape == (2, 8, 3, 64, 64) and first["audio"].shape == (2, 8 * 640)
     assert first["controls"].shape == (2, 8, len(CONTROL_NAMES))
+
+
+def test_cached_clip_latents_give_the_same_loss_as_encoding_the_images(dataset):
+    from model import CONTROL_NAMES, Generator, GeneratorConfig
+
+    from training.loops import BatchSampler, ClipLatents, TransformerLoss
+
+    ds = ClipDataset(dataset)
+    generator = Generator(GeneratorConfig(**MICRO)).eval()  # eval: no history noise, no control dropout
+    config = config_for(dataset, "unused")
+    with_images = BatchSampler(ds, config, list(CONTROL_NAMES))
+    with_latents = BatchSampler(ds, config, list(CONTROL_NAMES))
+    with_latents.latents = ClipLatents(ds, generator.vae)
+    loss = TransformerLoss(generator, ds.fps)
+    for _ in range(3):  # same seed, same draws: the second sampler carries latents instead of images
+        a, b = with_images.clip_batch(), with_latents.clip_batch()
+        assert "frames" not in b and b["target_latents"].shape == (2, 8, 4, 8, 8)
+        with torch.no_grad():
+            from_images, from_latents = loss(**a), loss(**b)
+        assert from_latents["total"].item() == pytest.approx(from_images["total"].item(), rel=1e-5)
