@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--history-noise", type=float, default=None,
                    help="noise on the teacher-forced history, x latent std (GeneratorConfig.history_noise)")
+    p.add_argument("--self-forcing", type=float, default=None,
+                   help="share of clips trained on the model's own rollout as history (GeneratorConfig.self_forcing)")
+    p.add_argument("--control-dropout", type=float, default=None,
+                   help="probability that a control is hidden for a whole clip (GeneratorConfig.control_dropout)")
     p.add_argument("--deepspeed-config", default=None, help="DeepSpeed JSON (default configs/train/cpu_fp32.json)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="global steps between checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore OUTPUT/checkpoints/LATEST")
@@ -82,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             dataset_dir = Path(args.output.removeprefix("file://")) / "dataset"
         dataset = str(build_or_reuse_synthetic(dataset_dir, args))
-    overrides = {} if args.history_noise is None else {"history_noise": args.history_noise}
+    overrides = {name: value for name, value in (("history_noise", args.history_noise),
+                                                 ("self_forcing", args.self_forcing),
+                                                 ("control_dropout", args.control_dropout)) if value is not None}
     config = TrainConfig(dataset=dataset, output=args.output, preset=args.preset, seed=args.seed,
                          model_overrides=overrides,
                          vae_steps=args.vae_steps, steps=args.steps, batch_clips=args.batch_clips,

@@ -35,6 +35,7 @@ class GeneratorConfig:
     # ---- FCIC controls
     control_dropout: float = 0.5  # training: probability that a given control is hidden for a whole clip
     history_noise: float = 0.1  # training: std of noise added to teacher-forced previous-frame latents
+    self_forcing: float = 0.0  # training: share of clips whose history is the model's own rollout
 
     def __post_init__(self) -> None:
         assert len(self.vae_channels) >= 2, "the VAE decoder predicts its flow at the second-finest scale"
@@ -42,7 +43,7 @@ class GeneratorConfig:
         assert self.latent_size % self.latent_patch == 0, "latent grid must divide into patches"
         assert self.d_model % self.n_heads == 0 and self.head_dim % 2 == 0, "head dim must be even for RoPE"
         assert self.sink_frames >= 1 and self.window_frames >= 1
-        assert 0.0 <= self.control_dropout <= 1.0
+        assert 0.0 <= self.control_dropout <= 1.0 and 0.0 <= self.self_forcing <= 1.0
 
     # ---- derived sizes
     @property

@@ -15,7 +15,8 @@ reference latent plus a delta. Why: (1) the tiny preset must train in under an h
 render faster than real time there, which rules out a diffusion / flow-matching head's tens of
 denoising steps per frame; (2) anchoring every frame on the portrait's latent keeps identity by
 construction, with the SFA sink reinforcing it; (3) exposure bias of the autoregressive rollout is
-fought by noising the teacher-forced history in training (`history_noise`). The cost: a regression head
+fought in training by noising the teacher-forced history (`history_noise`) and by training a share of
+clips on the model's own rollout as history (`self_forcing`), which also makes it read the controls. The cost: a regression head
 predicts the mean motion, so mouth shapes are slightly averaged. `RenderRequest.seed` is accepted for
 interface stability; this head draws no random numbers, so output is identical for every seed.
 
@@ -164,25 +165,53 @@ class Generator(nn.Module):
         for r in requests:
             if tuple(r.portrait.shape) != (3, S, S):
                 raise ValueError(f"portrait must be (3, {S}, {S}), got {tuple(r.portrait.shape)}")
-        lengths = [self.num_frames(r.audio.numel(), r.fps) for r in requests]
-        total = max(lengths)
+        total = max(self.num_frames(r.audio.numel(), r.fps) for r in requests)
         portraits = torch.stack([r.portrait for r in requests]).to(self.device, self.dtype)  # (B, 3, S, S)
         reference = self.vae.reference(portraits)  # the portraits' latents and decoder features, once
-        ref = reference.latent  # (B, Cl, L, L)
         audio_tokens, control_tokens = self.condition_tokens(requests, total)
-        cache = self.transformer.new_cache(len(requests), self.block_tokens, self.device, self.dtype)
-        self.transformer.forward_cached(self.reference_block(ref), cache, block=0)  # prefill the sink
-        prev = ref
-        for t in range(total):
+        for latent in self.rollout(reference.latent, audio_tokens, control_tokens):
+            yield self.vae.decode(latent, reference)
+
+    def rollout(self, ref_latent: torch.Tensor, audio_tokens: torch.Tensor,
+                control_tokens: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The autoregressive loop in latent space: yield each frame's latent (B, Cl, L, L) in turn.
+
+        ref_latent (B, Cl, L, L); audio (B, F, A, D) and control tokens (B, F, C, D) for F frames. Each
+        frame's block holds the previous frame's own prediction (the portrait for frame 0), as in
+        inference; training's self-forcing uses it too, under no_grad.
+        """
+        cache = self.new_cache(ref_latent.shape[0])
+        self.transformer.forward_cached(self.reference_block(ref_latent), cache, block=0)  # prefill the sink
+        prev = ref_latent
+        for t in range(audio_tokens.shape[1]):
             block = self.frame_blocks(prev[:, None], audio_tokens[:, t : t + 1], control_tokens[:, t : t + 1])[:, 0]
             hidden = self.transformer.forward_cached(block, cache, block=t + 1)  # (B, Pb, D)
-            prev = self.predict_latents(hidden[:, None], ref)[:, 0]  # (B, Cl, L, L)
-            yield self.vae.decode(prev, reference)
+            prev = self.predict_latents(hidden[:, None], ref_latent)[:, 0]
+            yield prev
 
     def new_cache(self, batch: int) -> KVCache:
         return self.transformer.new_cache(batch, self.block_tokens, self.device, self.dtype)
 
     # ------------------------------------------------------------------ reference path and training
+    def self_forced_history(self, prev: torch.Tensor, ref: torch.Tensor, audio_tokens: torch.Tensor,
+                            control_tokens: torch.Tensor) -> torch.Tensor:
+        """Replace the teacher-forced history of a random `self_forcing` share of clips by the model's own rollout.
+
+        Why: with the true previous frame in its block, the model learns to copy its pose and ignore the
+        control tokens (the pose barely changes between frames). Its own rollout drifts from the truth, as
+        in inference, so the target pose and blink can only come from the controls (and the mouth from the
+        audio). The rollout runs without gradients, so the step costs one cached pass more.
+        """
+        own = torch.rand(prev.shape[0], device=prev.device) < self.config.self_forcing  # (B,)
+        if not own.any():
+            return prev
+        with torch.no_grad():
+            rolled = list(self.rollout(ref[own], audio_tokens[own, :-1], control_tokens[own, :-1]))
+        prev = prev.clone()
+        if rolled:
+            prev[own, 1:] = torch.stack(rolled, dim=1).to(prev.dtype)
+        return prev
+
     def forward_full(self, ref_latent: torch.Tensor, prev_latents: torch.Tensor,
                      audio_tokens: torch.Tensor, control_tokens: torch.Tensor) -> torch.Tensor:
         """Teacher forcing over a whole clip under the explicit SFA mask (no cache).
@@ -212,15 +241,18 @@ class Generator(nn.Module):
                 latents = self.vae.encode(portrait), self.encode_frames(frames)
         ref, target = latents  # (B, Cl, L, L), (B, F, Cl, L, L)
         B, F_ = target.shape[:2]
-        prev = torch.cat((ref[:, None], target[:, :-1]), dim=1)  # (B, F, Cl, L, L)
-        if self.training and self.config.history_noise > 0:
-            prev = prev + torch.randn_like(prev) * self.config.history_noise * target.std()
         audio_tokens = self.audio(audio, fps, F_)  # (B, F, A, D)
         values = controls if controls is not None else torch.full((B, F_, len(CONTROL_NAMES)), math.nan)
         values = values.to(target.device, target.dtype)
         if self.training:
             values = drop_controls(values, self.config.control_dropout)
-        pred = self.forward_full(ref, prev, audio_tokens, self.controls(values))
+        control_tokens = self.controls(values)
+        prev = torch.cat((ref[:, None], target[:, :-1]), dim=1)  # teacher forcing: (B, F, Cl, L, L)
+        if self.training and self.config.self_forcing > 0:
+            prev = self.self_forced_history(prev, ref, audio_tokens, control_tokens)
+        if self.training and self.config.history_noise > 0:
+            prev = prev + torch.randn_like(prev) * self.config.history_noise * target.std()
+        pred = self.forward_full(ref, prev, audio_tokens, control_tokens)
         latent_mse = F.mse_loss(pred, target)
         # motion matters more than the static face: weight the error on what moved from the portrait
         moved = (target - ref[:, None]).abs()

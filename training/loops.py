@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEEPSPEED_CONFIG = REPO_ROOT / "configs" / "train" / "cpu_fp32.json"
 # GeneratorConfig fields that only shape training (the loss), so a resumed run may change them
-TRAINING_ONLY_FIELDS = {"history_noise", "control_dropout"}
+TRAINING_ONLY_FIELDS = {"history_noise", "control_dropout", "self_forcing"}
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -87,6 +88,38 @@ def test_training_loss_backpropagates_and_hides_controls(generator):
     assert all(p.grad is None for p in generator.vae.parameters())  # the VAE is frozen in stage 2
     vae_loss = generator.vae.loss(frames[0], portrait[:1].expand(F, -1, -1, -1))
     assert set(vae_loss) >= {"total", "l1", "motion_l1", "kl"} and torch.isfinite(vae_loss["total"])
+
+
+def test_self_forcing_trains_on_the_models_own_rollout_as_history():
+    """self_forcing=1 puts exactly the inference rollout in each block; 0 leaves teacher forcing."""
+    g = small_generator(self_forcing=1.0)
+    S, F = g.config.image_size, 5
+    ref = g.vae.reference(torch.rand(2, 3, S, S)).latent
+    teacher = torch.cat((ref[:, None], torch.randn(2, F - 1, *ref.shape[1:])), dim=1)  # (B, F, Cl, L, L)
+    audio_tokens = g.audio(torch.randn(2, int(F * 16000 / 25)) * 0.1, 25.0, F)
+    control_tokens = g.controls(torch.full((2, F, len(CONTROL_NAMES)), math.nan))
+    with torch.no_grad():
+        rolled = torch.stack(list(g.rollout(ref, audio_tokens, control_tokens)), dim=1)  # (B, F, Cl, L, L)
+        history = g.self_forced_history(teacher, ref, audio_tokens, control_tokens)
+    assert torch.equal(history[:, 0], ref)  # frame 0 still sees the portrait
+    torch.testing.assert_close(history[:, 1:], rolled[:, :-1])
+    assert not torch.allclose(history[:, 1:], teacher[:, 1:])
+
+    g.config = dataclasses.replace(g.config, self_forcing=0.0)
+    assert torch.equal(g.self_forced_history(teacher, ref, audio_tokens, control_tokens), teacher)
+
+
+def test_self_forced_training_loss_differs_from_teacher_forcing_and_backpropagates():
+    g = small_generator(self_forcing=1.0, history_noise=0.0).train()
+    S, F = g.config.image_size, 4
+    torch.manual_seed(1)
+    batch = torch.rand(2, 3, S, S), torch.rand(2, F, 3, S, S), torch.randn(2, F * 640) * 0.1, 25.0
+    own = g.training_loss(*batch)
+    own["total"].backward()
+    assert torch.isfinite(own["total"]) and g.head.weight.grad is not None
+    g.config = dataclasses.replace(g.config, self_forcing=0.0)
+    teacher = g.training_loss(*batch)
+    assert not torch.isclose(own["total"], teacher["total"])
 
 
 def test_presets_have_the_documented_sizes():
