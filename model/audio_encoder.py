@@ -2,8 +2,8 @@
 
 Log-mel features are computed in torch (STFT + a triangular mel filterbank built here), so no external
 weights are needed. Frame t (centre time (t + 0.5) / fps) gets the mel frames within
-±audio_context_ms / 2 of its centre, flattened and projected to `audio_tokens` tokens. Audio is not
-causal: a mouth shapes a sound slightly before it is heard, so looking ahead helps lip sync.
+±audio_context_ms / 2 of (its centre + audio_lead_ms), flattened and projected to `audio_tokens` tokens.
+Audio is not causal: a mouth shapes a sound before it is heard, so frame t looks at the sound ahead.
 
 Optional pretrained speech features (wav2vec2 / HuBERT / Whisper) are not bundled: `PretrainedSpeechFeatures`
 loads a TorchScript module from a local path when a user configures one; nothing is ever downloaded.
@@ -67,11 +67,12 @@ class AudioEncoder(nn.Module):
         )
 
     def frame_features(self, wave: torch.Tensor, fps: float, num_frames: int) -> torch.Tensor:
-        """(B, N) -> (B, F, 2 * context + 1, n_mels) mel windows centred on each video frame."""
+        """(B, N) -> (B, F, 2 * context + 1, n_mels) mel windows centred audio_lead_ms after each video frame."""
         mel = self.norm(self.logmel(wave))  # (B, M, n_mels)
         M = mel.shape[1]
         mel_rate = 1000.0 / self.cfg.mel_hop_ms  # mel frames per second
-        centres = torch.round((torch.arange(num_frames, device=wave.device) + 0.5) / fps * mel_rate).long()  # (F,)
+        times = (torch.arange(num_frames, device=wave.device) + 0.5) / fps + self.cfg.audio_lead_ms / 1000.0  # (F,) s
+        centres = torch.round(times * mel_rate).long()  # (F,)
         offsets = torch.arange(-self.context, self.context + 1, device=wave.device)  # (K,)
         idx = centres[:, None] + offsets[None, :]  # (F, K)
         inside = (idx >= 0) & (idx < M)

@@ -22,6 +22,9 @@ class GeneratorConfig:
     n_mels: int = 40  # log-mel bands, computed in torch (audio_encoder.py)
     mel_hop_ms: float = 10.0  # ms between mel frames
     audio_context_ms: float = 200.0  # ms of audio around each video frame's centre fed to its audio tokens
+    # the audio window is centred this far after the frame: a mouth shapes a sound before it is heard
+    # (100-300 ms in real speech), and the synthetic data's puppet leads by the same 160 ms
+    audio_lead_ms: float = 160.0
     audio_tokens: int = 2  # audio tokens per video frame
     # ---- transformer
     d_model: int = 256  # token width

@@ -5,7 +5,8 @@ downloaded here, so the default checkpoint learns from a real portrait whose 68 
 moved by hand-written rules and whose pixels follow them through a thin-plate-spline warp:
 
 - mouth: the jaw drops and the lips part with the speech's per-frame band energy (300-3000 Hz,
-  attack/release smoothed); the spectral centroid spreads (bright sounds) or rounds (dark sounds) the
+  attack/release smoothed), `mouth_lead_s` ahead of the sound as in real speech, where the mouth
+  shapes a sound before it is heard; the spectral centroid spreads (bright sounds) or rounds (dark sounds) the
   lips; the opening is painted dark with a hint of upper teeth, the way a real open mouth reads to a
   landmarker. `lip` (0..1) scales the whole motion.
 - eyes: `blink` is eye openness (1 = the portrait's own, 0 = closed); upper lids move onto the lower
@@ -55,6 +56,9 @@ class PuppetConfig:
     pivot_depth: float = 0.1  # head rotation centre behind the landmarks' mean depth, fraction of face width
     mouth_darkness: float = 0.85  # alpha of the painted inner-mouth colour
     energy_floor_db: float = -45.0  # band energy below the clip's peak minus this is silence
+    # real mouths move 100-300 ms ahead of the voice (metrics/sync.py calibrates 120 ms on real video);
+    # the attack smoothing below delays the opening by about a frame, so the drive leads by 160 ms
+    mouth_lead_s: float = 0.16
     attack: float = 0.7  # per-frame smoothing of the opening when it rises (1 = instant)
     release: float = 0.45  # per-frame smoothing of the opening when it falls
     tps_regularisation: float = 1e-3  # thin-plate-spline smoothing (pixels^2)
@@ -118,15 +122,16 @@ def speech_mouth_track(audio: np.ndarray, fps: float, num_frames: int | None = N
                        sample_rate: int = AUDIO_SAMPLE_RATE, config: PuppetConfig = PuppetConfig()) -> MouthTrack:
     """Per-frame mouth opening and spread from speech: band energy (dB) and spectral centroid.
 
-    Each video frame looks at a 40 ms Hann window centred on the frame's time, so frame f shows
-    the sound at t = f / fps (no look-ahead beyond 20 ms).
+    Each video frame looks at a 40 ms Hann window centred `config.mouth_lead_s` after the frame's
+    time, so frame f shows the sound heard at t = f / fps + mouth_lead_s.
     """
     audio = np.asarray(audio, np.float32).reshape(-1)
     if num_frames is None:
         num_frames = num_video_frames(len(audio), fps, sample_rate)
     window = int(0.04 * sample_rate)
-    padded = np.pad(audio, (window // 2, window))
-    starts = (np.arange(num_frames) / fps * sample_rate).astype(np.int64)
+    lead = int(round(config.mouth_lead_s * sample_rate))
+    padded = np.pad(audio, (window // 2, window + lead))
+    starts = ((np.arange(num_frames) / fps + config.mouth_lead_s) * sample_rate).astype(np.int64)
     frames = np.stack([padded[s:s + window] for s in starts]) * np.hanning(window)  # (F, window)
     spectrum = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # (F, window/2+1)
     freqs = np.fft.rfftfreq(window, 1.0 / sample_rate)

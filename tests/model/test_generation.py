@@ -122,6 +122,19 @@ def test_self_forced_training_loss_differs_from_teacher_forcing_and_backpropagat
     assert not torch.isclose(own["total"], teacher["total"])
 
 
+def test_audio_window_of_frame_t_is_centred_audio_lead_ms_later():
+    """With a 160 ms lead at 25 fps, frame t sees exactly the window an unled encoder gives frame t + 4."""
+    from model.audio_encoder import AudioEncoder
+
+    torch.manual_seed(0)
+    wave = torch.randn(1, 16000 * 2) * 0.1
+    led = AudioEncoder(small_generator().config).frame_features(wave, 25.0, 50)
+    assert small_generator().config.audio_lead_ms == 160.0
+    unled = AudioEncoder(small_generator(audio_lead_ms=0.0).config).frame_features(wave, 25.0, 50)
+    torch.testing.assert_close(led[:, :40], unled[:, 4:44])
+    assert not torch.allclose(led[:, :40], unled[:, :40])
+
+
 def test_presets_have_the_documented_sizes():
     from model import GeneratorConfig, Generator, get_preset
 

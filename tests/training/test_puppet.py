@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.ingredients import align_portrait, load_rgb, load_speech
-from training.puppet import ControlTracks, Puppet, render_puppet_video, speech_mouth_track
+from training.puppet import ControlTracks, Puppet, PuppetConfig, render_puppet_video, speech_mouth_track
 
 FPS = 25.0
 
@@ -43,6 +43,16 @@ def test_mouth_opening_tracks_the_speech_energy(obama, analyzer, speech_wav):
     assert driven.max() > 0.5 and driven.min() < 0.1, "the speech should both open and close the mouth"
     corr = np.corrcoef(opening, driven)[0, 1]
     assert corr > 0.7, f"measured mouth opening follows the speech drive with r={corr:.2f}"
+
+
+def test_the_mouth_leads_the_sound_by_mouth_lead_s(speech_wav):
+    """Real mouths move before the voice; the puppet's drive is the in-sync drive, 160 ms (4 frames) early."""
+    audio = load_speech(speech_wav)[: 16000 * 4]
+    led = speech_mouth_track(audio, FPS, 100).opening
+    in_sync = speech_mouth_track(audio, FPS, 100, config=PuppetConfig(mouth_lead_s=0.0)).opening
+    lags = range(-8, 9)
+    corr = [np.corrcoef(led[20:80], in_sync[20 + k:80 + k])[0, 1] for k in lags]
+    assert list(lags)[int(np.argmax(corr))] == round(PuppetConfig().mouth_lead_s * FPS) == 4
 
 
 def test_commanded_yaw_sweep_is_followed(obama, analyzer):
