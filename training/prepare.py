@@ -11,7 +11,8 @@ Per video (one task per file, fanned out over the cluster):
   first frame (the clip's portrait), the same convention as the puppet's labels:
     yaw/pitch/roll = faces.head_pose(frame) - head_pose(first frame), degrees
     blink          = faces.eye_openness(frame), the control's unit (0 closed .. 1 open)
-    gaze_x/gaze_y, lip = NaN (no estimator for them here: the model learns them as absent)
+    gaze_x/gaze_y  = faces.gaze.gaze(frame) - gaze(first frame): the iris inside the eye contour
+    lip            = NaN (no estimator for it here: the model learns it as absent)
   Clips where the face is lost on more than MAX_LOST_FRACTION of frames are dropped; lost frames
   inside a kept clip get NaN controls.
 Each Ray task writes its own shard folder; the driver writes dataset.json listing them.
@@ -114,6 +115,7 @@ class VideoToShard:
 
     def label_clip(self, frames: list[np.ndarray], audio: np.ndarray, info: dict) -> Clip | None:
         from faces import NoFaceError, align_face, eye_openness, head_pose
+        from faces.gaze import gaze
 
         try:
             reference = align_face(frames[0], self.image_size)
@@ -126,6 +128,7 @@ class VideoToShard:
         if ref_landmarks is None:
             return None
         ref_pose = np.asarray(head_pose(ref_landmarks, frames[0].shape))
+        ref_gaze = np.asarray(gaze(frames[0], ref_landmarks))  # NaN when the first frame's eyes are shut
         labels = np.full((len(frames), len(PUPPET_CONTROLS)), np.nan, np.float32)
         lost = 0
         for f, frame in enumerate(frames):
@@ -135,6 +138,7 @@ class VideoToShard:
                 continue
             yaw, pitch, roll = np.asarray(head_pose(landmarks, frame.shape)) - ref_pose
             labels[f, :4] = (yaw, pitch, roll, float(eye_openness(landmarks)))
+            labels[f, 4:6] = np.asarray(gaze(frame, landmarks)) - ref_gaze
         if lost > MAX_LOST_FRACTION * len(frames):
             return None
         return Clip(portrait=crops[0], frames=crops, audio=audio, controls=labels, info=info)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from faces.gaze import GAZE_SHIFT
+
 AUDIO_SAMPLE_RATE = 16_000  # Hz, the model's audio rate
 PUPPET_CONTROLS = ("yaw", "pitch", "roll", "blink", "gaze_x", "gaze_y", "lip")
 
@@ -51,7 +53,7 @@ class PuppetConfig:
     lip_part: float = 0.05  # extra lower-lip travel over the chin, fraction of face width
     upper_lip_lift: float = 0.02  # upper inner lip rises by this fraction of face width at full opening
     spread: float = 0.05  # mouth-corner travel for spread/rounded lips, fraction of face width
-    gaze_shift: float = 0.22  # iris travel at |gaze| = 1, fraction of the eye width (x) / height (y)
+    gaze_shift: float = GAZE_SHIFT  # iris travel at |gaze| = 1, fraction of the eye width (x) / height (y)
     nose_depth: float = 0.45  # nose-tip protrusion in front of the face ellipsoid, fraction of face width
     pivot_depth: float = 0.1  # head rotation centre behind the landmarks' mean depth, fraction of face width
     mouth_darkness: float = 0.85  # alpha of the painted inner-mouth colour

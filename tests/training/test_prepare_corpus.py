@@ -34,7 +34,11 @@ def test_a_video_folder_becomes_labelled_training_shards(corpus, tmp_path, ray_l
     yaw, blink = clip.controls[:, 0], clip.controls[:, 3]
     assert yaw[0] == pytest.approx(0.0, abs=1e-4), "pose is relative to the clip's first frame"
     assert np.isfinite(yaw).mean() > 0.8 and np.all(np.nan_to_num(blink, nan=0.5) <= 1.0)
-    assert np.isnan(clip.controls[:, 4:]).all(), "gaze and lip have no estimator: absent"
+    gaze_x, gaze_y = clip.controls[:, 4], clip.controls[:, 5]
+    assert gaze_x[0] == pytest.approx(0.0, abs=1e-4) and gaze_y[0] == pytest.approx(0.0, abs=1e-4), \
+        "gaze is relative to the clip's first frame"
+    assert np.isfinite(gaze_x).mean() > 0.8 and np.nanmax(np.abs(gaze_x)) < 2.0
+    assert np.isnan(clip.controls[:, 6]).all(), "lip has no estimator: absent"
 
 
 def test_an_empty_folder_is_refused_with_the_cause(tmp_path):
