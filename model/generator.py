@@ -15,9 +15,9 @@ reference latent plus a delta. Why: (1) the tiny preset must train in under an h
 render faster than real time there, which rules out a diffusion / flow-matching head's tens of
 denoising steps per frame; (2) anchoring every frame on the portrait's latent keeps identity by
 construction, with the SFA sink reinforcing it; (3) exposure bias of the autoregressive rollout is
-fought in training by noising the teacher-forced history (`history_noise`) and by training a share of
-clips on the model's own rollout as history (`self_forcing`), which also makes it read the controls. The cost: a regression head
-predicts the mean motion, so mouth shapes are slightly averaged. `RenderRequest.seed` is accepted for
+fought in training by noising the history (`history_noise`) and by training a share of clips on the
+model's own rollout as history (`self_forcing`), which also makes it read the controls. The cost: a
+regression head predicts the mean motion, so mouth shapes are slightly averaged. `RenderRequest.seed` is accepted for
 interface stability; this head draws no random numbers, so output is identical for every seed.
 
 Departures from the paper: frames are single VAE latents rather than a discrete tokenizer; control
