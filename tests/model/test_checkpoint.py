@@ -77,5 +77,5 @@ def test_shipped_default_checkpoint_loads_within_budget():
     weights = DEFAULT_CHECKPOINT / "model.safetensors"
     assert weights.stat().st_size <= 25 * 1024 * 1024
     g = load_checkpoint(DEFAULT_CHECKPOINT)
-    training_only = {"history_noise": g.config.history_noise, "control_dropout": g.config.control_dropout}
+    training_only = {k: getattr(g.config, k) for k in ("history_noise", "control_dropout", "self_forcing")}
     assert g.config == get_preset("tiny", **training_only)  # the architecture is the tiny preset
