@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 AUDIO_SAMPLE_RATE = 16_000  # Hz: every audio tensor the model sees is mono at this rate
+# fields that only shape the training loss: a checkpoint's architecture does not depend on them, and a
+# resumed training run may change them
+TRAINING_ONLY_FIELDS = frozenset({"history_noise", "control_dropout", "self_forcing"})
 
 
 @dataclass(frozen=True)

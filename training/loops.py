@@ -40,8 +40,6 @@ from training.shards import ClipDataset
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEEPSPEED_CONFIG = REPO_ROOT / "configs" / "train" / "cpu_fp32.json"
-# GeneratorConfig fields that only shape training (the loss), so a resumed run may change them
-TRAINING_ONLY_FIELDS = {"history_noise", "control_dropout", "self_forcing"}
 
 
 @dataclass
@@ -389,6 +387,7 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) both stages; returns where the final checkpoint went and the loss history."""
     from model import CONTROL_NAMES, Generator, get_preset
+    from model.config import TRAINING_ONLY_FIELDS
 
     init_distributed()
     import torch.distributed as dist

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model import DEFAULT_CHECKPOINT, CheckpointError, checkpoint_version, get_preset, load_checkpoint, save_checkpoint
+from model.config import TRAINING_ONLY_FIELDS
 from tests.model.conftest import request, small_generator
 
 
@@ -77,5 +78,5 @@ def test_shipped_default_checkpoint_loads_within_budget():
     weights = DEFAULT_CHECKPOINT / "model.safetensors"
     assert weights.stat().st_size <= 25 * 1024 * 1024
     g = load_checkpoint(DEFAULT_CHECKPOINT)
-    training_only = {k: getattr(g.config, k) for k in ("history_noise", "control_dropout", "self_forcing")}
+    training_only = {k: getattr(g.config, k) for k in TRAINING_ONLY_FIELDS}
     assert g.config == get_preset("tiny", **training_only)  # the architecture is the tiny preset
