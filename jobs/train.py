@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="share of clips trained on the model's own rollout as history (GeneratorConfig.self_forcing)")
     p.add_argument("--control-dropout", type=float, default=None,
                    help="probability that a control is hidden for a whole clip (GeneratorConfig.control_dropout)")
+    p.add_argument("--change-weight", type=float, default=None,
+                   help="weight of the loss on frame-to-frame change (GeneratorConfig.change_weight)")
     p.add_argument("--deepspeed-config", default=None, help="DeepSpeed JSON (default configs/train/cpu_fp32.json)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="global steps between checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore OUTPUT/checkpoints/LATEST")
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = str(build_or_reuse_synthetic(dataset_dir, args))
     overrides = {name: value for name, value in (("history_noise", args.history_noise),
                                                  ("self_forcing", args.self_forcing),
-                                                 ("control_dropout", args.control_dropout)) if value is not None}
+                                                 ("control_dropout", args.control_dropout),
+                                                 ("change_weight", args.change_weight)) if value is not None}
     config = TrainConfig(dataset=dataset, output=args.output, preset=args.preset, seed=args.seed,
                          model_overrides=overrides,
                          vae_steps=args.vae_steps, steps=args.steps, batch_clips=args.batch_clips,

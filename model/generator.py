@@ -248,6 +248,7 @@ class Generator(nn.Module):
             values = drop_controls(values, self.config.control_dropout)
         control_tokens = self.controls(values)
         prev = torch.cat((ref[:, None], target[:, :-1]), dim=1)  # teacher forcing: (B, F, Cl, L, L)
+        changed = (target - prev).abs()  # what moved since the true previous frame (blinks, jaw drops)
         if self.training and self.config.self_forcing > 0:
             prev = self.self_forced_history(prev, ref, audio_tokens, control_tokens)
         if self.training and self.config.history_noise > 0:
@@ -257,4 +258,8 @@ class Generator(nn.Module):
         # motion matters more than the static face: weight the error on what moved from the portrait
         moved = (target - ref[:, None]).abs()
         motion_mse = ((pred - target).pow(2) * moved).sum() / moved.sum().clamp(min=1e-6)
-        return {"total": latent_mse + motion_mse, "latent_mse": latent_mse, "motion_mse": motion_mse}
+        # ... but "moved from the portrait" is dominated by slow head pose; fast events (a blink lasts 4
+        # frames, a jaw drop 2-3) are where the frame changes most from the one before, so weight those too
+        change_mse = ((pred - target).pow(2) * changed).sum() / changed.sum().clamp(min=1e-6)
+        total = latent_mse + motion_mse + self.config.change_weight * change_mse
+        return {"total": total, "latent_mse": latent_mse, "motion_mse": motion_mse, "change_mse": change_mse}

@@ -347,7 +347,7 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
     dtype = next(engine.module.parameters()).dtype
     rank = engine.global_rank
     step = first_step
-    window_start, window_frames = time.monotonic(), 0
+    window_start, window_frames, window_steps = time.monotonic(), 0, 0
     running: dict[str, float] = {}
     while step < last_step:
         batch = _to(next_batch(), engine.device, dtype)
@@ -356,13 +356,14 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
         engine.step()
         step += 1
         window_frames += frames_per_step
+        window_steps += 1
         for key, value in out.items():
             running[key] = running.get(key, 0.0) + float(value.detach())
         global_step = step + step_offset
         if step % config.log_every == 0 or step == last_step:
             elapsed = time.monotonic() - window_start
-            n = config.log_every if step % config.log_every == 0 else step % config.log_every
-            values = {f"{stage}/{k}": v / n for k, v in running.items()}
+            # a mean over the steps this window ran (after a resume the first window is short)
+            values = {f"{stage}/{k}": v / window_steps for k, v in running.items()}
             values[f"{stage}/lr"] = scheduler.get_last_lr()[0]
             values[f"{stage}/frames_per_s"] = window_frames / max(elapsed, 1e-9)
             for key, value in values.items():
@@ -370,7 +371,7 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
             tracker.metrics(values, global_step)
             log.info("%s step %d/%d (global %d): %s", stage, step, last_step, global_step,
                      ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in values.items()))
-            running, window_start, window_frames = {}, time.monotonic(), 0
+            running, window_start, window_frames, window_steps = {}, time.monotonic(), 0, 0
         timed_out = deadline is not None and time.monotonic() > deadline
         if rank == 0 and (global_step % config.checkpoint_every == 0 or step == last_step or timed_out):
             state = TrainerState(stage=stage, step=global_step, optimizer=optimizer.state_dict(),

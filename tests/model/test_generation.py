@@ -90,6 +90,26 @@ def test_training_loss_backpropagates_and_hides_controls(generator):
     assert set(vae_loss) >= {"total", "l1", "motion_l1", "kl"} and torch.isfinite(vae_loss["total"])
 
 
+def test_change_weight_adds_the_error_on_what_changed_since_the_previous_frame():
+    """Only frame k differs from its predecessor (a step change), so the change term is frame k's error alone."""
+    g = small_generator(change_weight=2.0).eval()  # eval: no history noise, dropout or self-forcing
+    S, F, k = g.config.image_size, 6, 3
+    torch.manual_seed(0)
+    ref = g.vae.reference(torch.rand(1, 3, S, S)).latent
+    target = ref[:, None].repeat(1, F, 1, 1, 1)
+    target[:, k:] += torch.randn_like(ref)[:, None]  # frames k.. moved from the portrait; only k changed
+    audio = torch.randn(1, F * 640) * 0.1
+    with torch.no_grad():
+        loss = g.training_loss(None, None, audio, 25.0, latents=(ref, target))
+        prev = torch.cat((ref[:, None], target[:, :-1]), dim=1)
+        pred = g.forward_full(ref, prev, g.audio(audio, 25.0, F),
+                              g.controls(torch.full((1, F, len(CONTROL_NAMES)), math.nan)))
+    changed = (target[:, k] - target[:, k - 1]).abs()
+    expected = ((pred[:, k] - target[:, k]).pow(2) * changed).sum() / changed.sum()
+    torch.testing.assert_close(loss["change_mse"], expected)
+    torch.testing.assert_close(loss["total"], loss["latent_mse"] + loss["motion_mse"] + 2.0 * loss["change_mse"])
+
+
 def test_self_forcing_trains_on_the_models_own_rollout_as_history():
     """self_forcing=1 puts exactly the inference rollout in each block; 0 leaves teacher forcing."""
     g = small_generator(self_forcing=1.0)
