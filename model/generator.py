@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .audio_encoder import AudioEncoder
@@ -49,6 +48,10 @@ class RenderRequest:
     fps: float = 25.0  # frames per second of the output video
     controls: dict[str, torch.Tensor] | None = None  # name -> (F,) per-frame values, NaN = absent
     seed: int = 0  # accepted for interface stability; the regression head is deterministic
+
+
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (values * weights).sum() / weights.sum().clamp(min=1e-6)
 
 
 def num_frames_for(num_samples: int, fps: float) -> int:
@@ -254,12 +257,12 @@ class Generator(nn.Module):
         if self.training and self.config.history_noise > 0:
             prev = prev + torch.randn_like(prev) * self.config.history_noise * target.std()
         pred = self.forward_full(ref, prev, audio_tokens, control_tokens)
-        latent_mse = F.mse_loss(pred, target)
+        squared = (pred - target).pow(2)
+        latent_mse = squared.mean()
         # motion matters more than the static face: weight the error on what moved from the portrait
-        moved = (target - ref[:, None]).abs()
-        motion_mse = ((pred - target).pow(2) * moved).sum() / moved.sum().clamp(min=1e-6)
+        motion_mse = weighted_mean(squared, (target - ref[:, None]).abs())
         # ... but "moved from the portrait" is dominated by slow head pose; fast events (a blink lasts 4
         # frames, a jaw drop 2-3) are where the frame changes most from the one before, so weight those too
-        change_mse = ((pred - target).pow(2) * changed).sum() / changed.sum().clamp(min=1e-6)
+        change_mse = weighted_mean(squared, changed)
         total = latent_mse + motion_mse + self.config.change_weight * change_mse
         return {"total": total, "latent_mse": latent_mse, "motion_mse": motion_mse, "change_mse": change_mse}
