@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eartalk train: {args.dataset} is neither 'synthetic' nor a shard folder with dataset.json",
               file=sys.stderr)
         return 2
+    for name, value, upper in (("--history-noise", args.history_noise, None), ("--change-weight", args.change_weight, None),
+                               ("--self-forcing", args.self_forcing, 1.0), ("--control-dropout", args.control_dropout, 1.0)):
+        if value is not None and (value < 0 or (upper is not None and value > upper)):
+            bound = f"in [0, {upper:g}]" if upper is not None else ">= 0"
+            print(f"eartalk train: {name} must be {bound}, got {value:g}", file=sys.stderr)
+            return 2
     started = time.monotonic()
     dataset = args.dataset
     if dataset == "synthetic":

@@ -37,3 +37,6 @@ def test_train_refuses_a_missing_dataset_and_config_with_the_cause(tmp_path):
     proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"),
                    "--deepspeed-config", str(tmp_path / "missing.json"), timeout=120)
     assert proc.returncode == 2 and "missing.json does not exist" in proc.stderr
+    proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--change-weight", "-1", timeout=120)
+    assert proc.returncode == 2 and "--change-weight must be >= 0, got -1" in proc.stderr
+    assert not (tmp_path / "o").exists()  # refused before building a data set
