@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deepspeed-config", default=None, help="DeepSpeed JSON (default configs/train/cpu_fp32.json)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="global steps between checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore OUTPUT/checkpoints/LATEST")
+    p.add_argument("--init-from", default=None,
+                   help="fine-tune: start a fresh run from this model checkpoint's weights (path or URI)")
+    p.add_argument("--audio-level", action="store_true",
+                   help="give the audio encoder each mel frame's level (GeneratorConfig.audio_level); with "
+                        "--init-from a checkpoint without it, its audio input grows")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (e.g. sqlite:///out/mlflow.db)")
     p.add_argument("--experiment", default="eartalk-train")
     p.add_argument("--max-minutes", type=float, default=None, help="stop stage 2 after this wall time")
@@ -86,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             bound = f"in [0, {upper:g}]" if upper is not None else ">= 0"
             print(f"eartalk train: {name} must be {bound}, got {value:g}", file=sys.stderr)
             return 2
+    if args.init_from and not _checkpoint_exists(args.init_from):
+        print(f"eartalk train: --init-from {args.init_from} holds no model checkpoint (config.json)", file=sys.stderr)
+        return 2
     started = time.monotonic()
     dataset = args.dataset
     if dataset == "synthetic":
@@ -98,13 +106,16 @@ def main(argv: list[str] | None = None) -> int:
                                                  ("self_forcing", args.self_forcing),
                                                  ("control_dropout", args.control_dropout),
                                                  ("change_weight", args.change_weight)) if value is not None}
+    if args.audio_level:
+        overrides["audio_level"] = True
     config = TrainConfig(dataset=dataset, output=args.output, preset=args.preset, seed=args.seed,
                          model_overrides=overrides,
                          vae_steps=args.vae_steps, steps=args.steps, batch_clips=args.batch_clips,
                          vae_batch_frames=args.vae_batch_frames, clip_frames=args.clip_frames, lr=args.lr,
                          vae_lr=args.vae_lr, deepspeed_config=str(ds_config),
                          checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
-                         tracking_uri=args.tracking_uri, experiment=args.experiment, max_minutes=args.max_minutes)
+                         tracking_uri=args.tracking_uri, experiment=args.experiment, max_minutes=args.max_minutes,
+                         init_from=args.init_from)
     log.info("config: %s", json.dumps(config.__dict__, default=str))
     result = train(config)
     if args.install and result.final_checkpoint:
@@ -115,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
                "last": {k: v[-1][1] for k, v in result.history.items() if v}}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _checkpoint_exists(uri: str) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.exists(f"{path.rstrip('/')}/config.json")
 
 
 def build_or_reuse_synthetic(dataset_dir: Path, args: argparse.Namespace) -> Path:

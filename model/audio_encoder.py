@@ -5,6 +5,11 @@ weights are needed. Frame t (centre time (t + 0.5) / fps) gets the mel frames wi
 ±audio_context_ms / 2 of (its centre + audio_lead_ms), flattened and projected to `audio_tokens` tokens.
 Audio is not causal: a mouth shapes a sound before it is heard, so frame t looks at the sound ahead.
 
+Each mel frame is LayerNormed over its bands, which makes the features independent of recording gain
+but also removes how loud the frame is. With `audio_level` each mel frame also carries its level
+relative to the loud frames of the whole utterance (`speech_level`): gain-independent still, and the
+cue a jaw follows (vowels open it, consonants and pauses close it).
+
 Optional pretrained speech features (wav2vec2 / HuBERT / Whisper) are not bundled: `PretrainedSpeechFeatures`
 loads a TorchScript module from a local path when a user configures one; nothing is ever downloaded.
 """
@@ -36,6 +41,21 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float = 20.
     return torch.clamp(torch.minimum(rising, falling), min=0.0)  # (K, n_mels)
 
 
+LEVEL_FLOOR_DB = -45.0  # this far below the utterance's loud frames counts as silence (level 0)
+LEVEL_LOUD_QUANTILE = 0.95  # "loud": this quantile of the utterance's frame energies (level 1)
+
+
+def speech_level(log_mel: torch.Tensor) -> torch.Tensor:
+    """(B, M, n_mels) log-mel power -> (B, M) level in [0, 1.5]: 0 at or below the floor, 1 at loud frames.
+
+    The reference is a quantile over all of each utterance's mel frames, so a quiet recording and a loud
+    one of the same speech get the same levels.
+    """
+    energy_db = torch.logsumexp(log_mel, dim=-1) * (10.0 / math.log(10.0))  # (B, M)
+    loud = torch.quantile(energy_db, LEVEL_LOUD_QUANTILE, dim=1, keepdim=True)  # (B, 1)
+    return ((energy_db - loud - LEVEL_FLOOR_DB) / -LEVEL_FLOOR_DB).clamp(0.0, 1.5)
+
+
 class LogMel(nn.Module):
     """(B, N) waveform at 16 kHz -> (B, M, n_mels) log-mel frames, hop = mel_hop_ms."""
 
@@ -60,15 +80,23 @@ class AudioEncoder(nn.Module):
         self.cfg = cfg
         self.logmel = LogMel(cfg.n_mels, cfg.mel_hop_ms)
         self.context = int(round(cfg.audio_context_ms / cfg.mel_hop_ms / 2))  # mel frames each side
-        width = (2 * self.context + 1) * cfg.n_mels
+        width = (2 * self.context + 1) * self.features_per_mel_frame
         self.norm = nn.LayerNorm(cfg.n_mels)
         self.proj = nn.Sequential(
             nn.Linear(width, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.audio_tokens * cfg.d_model)
         )
 
+    @property
+    def features_per_mel_frame(self) -> int:
+        return self.cfg.n_mels + int(self.cfg.audio_level)
+
     def frame_features(self, wave: torch.Tensor, fps: float, num_frames: int) -> torch.Tensor:
-        """(B, N) -> (B, F, 2 * context + 1, n_mels) mel windows centred audio_lead_ms after each video frame."""
-        mel = self.norm(self.logmel(wave))  # (B, M, n_mels)
+        """(B, N) -> (B, F, 2 * context + 1, features_per_mel_frame) mel windows centred audio_lead_ms
+        after each video frame; zeros (silence, level 0) outside the clip."""
+        log_mel = self.logmel(wave)  # (B, M, n_mels)
+        mel = self.norm(log_mel)
+        if self.cfg.audio_level:
+            mel = torch.cat((mel, speech_level(log_mel)[..., None]), dim=-1)  # (B, M, n_mels + 1)
         M = mel.shape[1]
         mel_rate = 1000.0 / self.cfg.mel_hop_ms  # mel frames per second
         times = (torch.arange(num_frames, device=wave.device) + 0.5) / fps + self.cfg.audio_lead_ms / 1000.0  # (F,) s
@@ -76,12 +104,12 @@ class AudioEncoder(nn.Module):
         offsets = torch.arange(-self.context, self.context + 1, device=wave.device)  # (K,)
         idx = centres[:, None] + offsets[None, :]  # (F, K)
         inside = (idx >= 0) & (idx < M)
-        windows = mel[:, idx.clamp(0, M - 1)]  # (B, F, K, n_mels)
-        return windows * inside[None, :, :, None]  # silence (zeros) outside the clip
+        windows = mel[:, idx.clamp(0, M - 1)]  # (B, F, K, E)
+        return windows * inside[None, :, :, None]
 
     def forward(self, wave: torch.Tensor, fps: float, num_frames: int) -> torch.Tensor:
         B = wave.shape[0]
-        windows = self.frame_features(wave, fps, num_frames)  # (B, F, K, n_mels)
+        windows = self.frame_features(wave, fps, num_frames)  # (B, F, K, E)
         tokens = self.proj(windows.flatten(2))  # (B, F, A * D)
         return tokens.view(B, num_frames, self.cfg.audio_tokens, self.cfg.d_model)  # (B, F, A, D)
 

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import GeneratorConfig
+from .config import TRAINING_ONLY_FIELDS, GeneratorConfig
 from .generator import Generator
 
 FORMAT = "eartalking-generator"
@@ -105,3 +105,38 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", e
             raise CheckpointError(f"{weights}: {name} has shape {tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}")
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+# fields a fine-tuning run may switch on over its starting checkpoint, and how each grows the weights
+GROWABLE_FIELDS = frozenset({"audio_level"})
+
+
+def _grow_audio_input(weight: torch.Tensor, cfg: GeneratorConfig) -> torch.Tensor:
+    """The audio projection's first weight (D, K * n_mels) -> (D, K * (n_mels + 1)), the level inputs at zero.
+
+    Zero weights on the new inputs keep the network's function unchanged at the start of fine-tuning.
+    """
+    rows = weight.shape[0]
+    per_frame = weight.view(rows, -1, cfg.n_mels)  # (D, K, n_mels)
+    return torch.cat((per_frame, per_frame.new_zeros(rows, per_frame.shape[1], 1)), dim=2).flatten(1)
+
+
+def init_from_checkpoint(generator: Generator, directory: str | Path) -> dict[str, str]:
+    """Load a checkpoint's weights into `generator` to fine-tune it; returns what was grown.
+
+    The architectures must match except for GROWABLE_FIELDS switched on in `generator` (and training-only
+    fields, which do not shape weights); anything else is refused with the differing fields named.
+    """
+    source = load_checkpoint(directory)
+    old, new = source.config.to_dict(), generator.config.to_dict()
+    differ = {k: (old[k], new[k]) for k in new if old[k] != new[k] and k not in TRAINING_ONLY_FIELDS}
+    refused = {k: v for k, v in differ.items() if k not in GROWABLE_FIELDS or v != (False, True)}
+    if refused:
+        raise CheckpointError(f"{directory}: cannot fine-tune into a different architecture (checkpoint, new): {refused}")
+    state, grown = source.state_dict(), {}
+    if "audio_level" in differ:
+        key = "audio.proj.0.weight"
+        state[key] = _grow_audio_input(state[key], source.config)
+        grown[key] = "level inputs added at zero"
+    generator.load_state_dict(state)
+    return grown

@@ -29,6 +29,9 @@ class GeneratorConfig:
     # (100-300 ms in real speech), and the synthetic data's puppet leads by the same 160 ms
     audio_lead_ms: float = 160.0
     audio_tokens: int = 2  # audio tokens per video frame
+    # add each mel frame's loudness relative to the utterance's loud frames (audio_encoder.speech_level):
+    # the per-frame LayerNorm of the log-mels removes the level, which is what drives the puppet's mouth
+    audio_level: bool = False
     # ---- transformer
     d_model: int = 256  # token width
     n_layers: int = 5

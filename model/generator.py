@@ -231,20 +231,29 @@ class Generator(nn.Module):
 
     def training_loss(self, portrait: torch.Tensor | None, frames: torch.Tensor | None, audio: torch.Tensor,
                       fps: float, controls: torch.Tensor | None = None,
-                      latents: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                      latents: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      audio_start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Stage-2 loss on a batch of clips of equal length.
 
-        portrait (B, 3, S, S) and frames (B, F, 3, S, S) in [0, 1]; audio (B, N) 16 kHz covering the clip;
-        controls (B, F, C) in CONTROL_NAMES order with NaN = absent, or None. The VAE is used frozen, so a
-        caller that has its latents cached passes `latents` = (portrait (B, Cl, L, L), frames
-        (B, F, Cl, L, L)) instead of the images.
+        portrait (B, 3, S, S) and frames (B, F, 3, S, S) in [0, 1]; audio (B, N) 16 kHz starting at the
+        clip's first frame, or, with `audio_start` (B,), a longer recording in which the clip starts at
+        frame audio_start[b] (so the audio encoder sees the sound around the clip and the utterance's
+        level, as in inference); controls (B, F, C) in CONTROL_NAMES order with NaN = absent, or None.
+        The VAE is used frozen, so a caller that has its latents cached passes `latents` = (portrait
+        (B, Cl, L, L), frames (B, F, Cl, L, L)) instead of the images.
         """
         if latents is None:
             with torch.no_grad():
                 latents = self.vae.encode(portrait), self.encode_frames(frames)
         ref, target = latents  # (B, Cl, L, L), (B, F, Cl, L, L)
         B, F_ = target.shape[:2]
-        audio_tokens = self.audio(audio, fps, F_)  # (B, F, A, D)
+        if audio_start is None:
+            audio_tokens = self.audio(audio, fps, F_)  # (B, F, A, D)
+        else:
+            starts = audio_start.to(target.device, torch.long)  # (B,)
+            every = self.audio(audio, fps, int(starts.max()) + F_)  # (B, F_all, A, D)
+            frame = starts[:, None] + torch.arange(F_, device=target.device)  # (B, F)
+            audio_tokens = every[torch.arange(B, device=target.device)[:, None], frame]  # (B, F, A, D)
         values = controls if controls is not None else torch.full((B, F_, len(CONTROL_NAMES)), math.nan)
         values = values.to(target.device, target.dtype)
         if self.training:

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpointing import (TrainerState, latest_checkpoint, load_training_checkpoint,
+from training.checkpointing import (TrainerState, copy_checkpoint, latest_checkpoint, load_training_checkpoint,
                                     save_final, save_training_checkpoint)
 from training.shards import ClipDataset
 
@@ -67,6 +68,9 @@ class TrainConfig:
     checkpoint_every: int = 100  # global steps between checkpoints
     log_every: int = 10  # steps between logged metrics
     resume: bool = True  # continue from output/checkpoints/LATEST when there is one
+    # a fresh run may start from another run's model checkpoint (fine-tuning: its weights, a new optimizer
+    # and schedule); model.checkpoint.init_from_checkpoint says which architecture changes it accepts
+    init_from: str | None = None
     tracking_uri: str | None = None  # MLflow; None = no tracking
     experiment: str = "eartalk-train"
     sample_video: bool = True  # log a rendered sample MP4 to MLflow at the end
@@ -154,10 +158,12 @@ class TransformerLoss(nn.Module):
         self.generator = generator
         self.fps = fps
 
-    def forward(self, audio, controls, portrait=None, frames=None, ref_latent=None, target_latents=None):
+    def forward(self, audio, controls, portrait=None, frames=None, ref_latent=None, target_latents=None,
+                audio_start=None):
         latents = None if ref_latent is None else (ref_latent, target_latents)
         return _loss_dict(self.generator.training_loss(portrait=portrait, frames=frames, audio=audio,
-                                                       fps=self.fps, controls=controls, latents=latents))
+                                                       fps=self.fps, controls=controls, latents=latents,
+                                                       audio_start=audio_start))
 
 
 def frame_vae_of(generator: nn.Module) -> nn.Module:
@@ -231,8 +237,10 @@ class BatchSampler:
     def clip_batch(self) -> dict:
         cfg, ds = self.config, self.dataset
         samples_per_frame = ds.sample_rate / ds.fps
-        portraits, frames, audio, controls = [], [], [], []
-        span = int(round(cfg.clip_frames * samples_per_frame))
+        portraits, frames, audio, starts, controls = [], [], [], [], []
+        # the whole data-set clip's audio goes with each window (its start frame beside it): the audio
+        # encoder then sees the sound around the window and the level of the utterance, as in inference
+        span = int(round(ds.clip_frames * samples_per_frame))
         for _ in range(cfg.batch_clips):
             index = int(self.rng.integers(len(ds)))
             clip = ds[index]
@@ -244,9 +252,8 @@ class BatchSampler:
                 ref, clip_latents = self.latents(index)
                 portraits.append(ref)
                 frames.append(clip_latents[start:start + cfg.clip_frames])
-            first = int(round(start * samples_per_frame))
-            piece = clip.audio[first:first + span]
-            audio.append(np.pad(piece, (0, span - len(piece))))
+            audio.append(np.pad(clip.audio[:span], (0, max(0, span - len(clip.audio)))))
+            starts.append(start)
             labels = clip.controls[start:start + cfg.clip_frames].copy()  # (F, K)
             for name in self.control_names:
                 k = ds.controls.index(name)
@@ -263,7 +270,8 @@ class BatchSampler:
             if name in self.control_names:
                 values[:, :, c] = stacked[:, :, ds.controls.index(name)]
         batch = {
-            "audio": torch.from_numpy(np.stack(audio).astype(np.float32)),  # (B, N)
+            "audio": torch.from_numpy(np.stack(audio).astype(np.float32)),  # (B, N) the whole data-set clip
+            "audio_start": torch.tensor(starts, dtype=torch.long),  # (B,) the window's first frame in it
             "controls": torch.from_numpy(values),  # (B, F, C) in the model's CONTROL_NAMES order, NaN = absent
         }
         if self.latents is None:
@@ -414,6 +422,12 @@ def train(config: TrainConfig) -> TrainResult:
             raise ValueError(f"preset {config.preset!r} renders {generator_config.image_size}px frames but the "
                              f"data set {config.dataset} holds {dataset.image_size}px frames")
         generator = Generator(generator_config)
+        if config.init_from:
+            from model.checkpoint import init_from_checkpoint
+
+            with tempfile.TemporaryDirectory() as tmp:
+                grown = init_from_checkpoint(generator, copy_checkpoint(config.init_from, Path(tmp) / "init"))
+            log.info("initialised from %s%s", config.init_from, f" (grown: {grown})" if grown else "")
     sampler = BatchSampler(dataset, config, list(CONTROL_NAMES), rank)
     tracker = _Tracker(config, rank)
     history: dict[str, list[tuple[int, float]]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+# set in this process by the in-process training tests (training.loops.init_distributed): a child that
+# inherited them would take them for a launcher's and join the parent's process group port
+DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARIABLES}
     return subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def test_train_synthetic_end_to_end_installs_a_loadable_checkpoint(tmp_path, mlflow_tracking_uri):
@@ -29,6 +36,15 @@ def test_train_synthetic_end_to_end_installs_a_loadable_checkpoint(tmp_path, mlf
     assert (out / "dataset" / "dataset.json").is_file()
     generator = load_checkpoint(tmp_path / "installed")
     assert generator.config.image_size == json.loads((out / "dataset" / "dataset.json").read_text())["image_size"]
+    assert not generator.config.audio_level
+
+    # fine-tuning from the installed checkpoint, growing the audio input by the level feature
+    proc = run_cli("--dataset", "synthetic", "--preset", "tiny", "--output", str(tmp_path / "tuned"), "--seed", "0",
+                   "--synthetic-clips", "2", "--vae-steps", "0", "--steps", "1", "--clip-frames", "8",
+                   "--batch-clips", "1", "--init-from", str(tmp_path / "installed"), "--audio-level")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "grown: {'audio.proj.0.weight'" in proc.stderr
+    assert load_checkpoint(tmp_path / "tuned" / "final").config.audio_level
 
 
 def test_train_refuses_a_missing_dataset_and_config_with_the_cause(tmp_path):
@@ -39,4 +55,7 @@ def test_train_refuses_a_missing_dataset_and_config_with_the_cause(tmp_path):
     assert proc.returncode == 2 and "missing.json does not exist" in proc.stderr
     proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--change-weight", "-1", timeout=120)
     assert proc.returncode == 2 and "--change-weight must be >= 0, got -1" in proc.stderr
+    proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--init-from", str(tmp_path / "no"),
+                   timeout=120)
+    assert proc.returncode == 2 and "--init-from" in proc.stderr and "holds no model checkpoint" in proc.stderr
     assert not (tmp_path / "o").exists()  # refused before building a data set

@@ -80,3 +80,33 @@ def test_shipped_default_checkpoint_loads_within_budget():
     g = load_checkpoint(DEFAULT_CHECKPOINT)
     training_only = {k: getattr(g.config, k) for k in TRAINING_ONLY_FIELDS}
     assert g.config == get_preset("tiny", **training_only)  # the architecture is the tiny preset
+
+
+def test_fine_tuning_from_a_checkpoint_without_the_level_feature_keeps_its_output(tmp_path):
+    import dataclasses
+
+    from model import Generator
+    from model.checkpoint import init_from_checkpoint
+
+    old = small_generator(audio_level=False)
+    torch.nn.init.normal_(old.audio.proj[0].weight, std=0.05)  # so that the audio path matters
+    path = save_checkpoint(old, tmp_path / "old")
+    grown = Generator(dataclasses.replace(old.config, audio_level=True)).eval()
+    assert init_from_checkpoint(grown, path) == {"audio.proj.0.weight": "level inputs added at zero"}
+    req = request(old, 6)
+    assert torch.allclose(torch.stack(list(old.stream([req]))), torch.stack(list(grown.stream([req]))), atol=1e-5)
+    # the grown network does read the level: a non-zero weight on it changes the audio tokens
+    with torch.no_grad():
+        grown.audio.proj[0].weight.view(grown.config.d_model, -1, grown.config.n_mels + 1)[:, :, -1] = 0.5
+        wave = req.audio[None]
+        assert not torch.allclose(old.audio(wave, 25.0, 6), grown.audio(wave, 25.0, 6), atol=1e-3)
+
+
+def test_fine_tuning_into_another_architecture_is_refused(tmp_path):
+    from model.checkpoint import init_from_checkpoint
+
+    path = save_checkpoint(small_generator(audio_level=True), tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match=r"cannot fine-tune into a different architecture.*n_layers"):
+        init_from_checkpoint(small_generator(n_layers=3, audio_level=True), path)
+    with pytest.raises(CheckpointError, match=r"audio_level.*\(True, False\)"):  # a feature is never removed
+        init_from_checkpoint(small_generator(audio_level=False), path)

@@ -207,3 +207,35 @@ def test_decoder_output_depends_on_the_portrait(generator):
         a = generator.vae.decode(latents, generator.vae.reference(torch.rand(1, 3, S, S)))
         b = generator.vae.decode(latents, generator.vae.reference(torch.rand(1, 3, S, S)))
     assert (a - b).abs().mean().item() > 0.05
+
+
+def test_speech_level_ignores_recording_gain_and_reads_silence_as_zero():
+    from model.audio_encoder import LogMel, speech_level
+
+    torch.manual_seed(0)
+    t = torch.arange(32000) / 16000
+    speech = torch.sin(2 * math.pi * 220 * t) * (0.2 + 0.8 * (torch.sin(2 * math.pi * 3 * t) > 0))  # loud/quiet
+    wave = torch.cat((torch.zeros(8000), speech))[None]  # 0.5 s of silence first
+    logmel = LogMel(n_mels=40, hop_ms=10.0)
+    level = speech_level(logmel(wave))[0]  # (M,)
+    quieter = speech_level(logmel(wave * 0.1))[0]
+    assert torch.allclose(level, quieter, atol=1e-3), "the level depends on the recording's gain"
+    assert level[5:45].max() == 0.0, "silence must read as level 0"
+    loud, soft = level[60:].max().item(), level[60:].min().item()
+    assert loud == pytest.approx(1.0, abs=0.05) and 0.5 < soft < 0.95  # 0.2x amplitude = 14 dB below
+
+
+def test_a_window_in_a_longer_recording_gets_that_recordings_audio_tokens():
+    g = small_generator(audio_level=True, history_noise=0.0, self_forcing=0.0)
+    B, F_, all_frames, fps = 2, 5, 12, 25.0
+    torch.manual_seed(1)
+    audio = torch.randn(B, all_frames * 640) * 0.1
+    ref = torch.randn(B, *g.vae.encode(torch.rand(1, 3, 64, 64)).shape[1:])
+    target = torch.randn(B, F_, *ref.shape[1:])
+    starts = torch.tensor([0, 6])
+    loss = g.training_loss(None, None, audio, fps, latents=(ref, target), audio_start=starts)
+    every = g.audio(audio, fps, all_frames)  # (B, 12, A, D)
+    tokens = torch.stack([every[b, s:s + F_] for b, s in enumerate(starts.tolist())])
+    controls = g.controls(torch.full((B, F_, len(CONTROL_NAMES)), math.nan))
+    pred = g.forward_full(ref, torch.cat((ref[:, None], target[:, :-1]), 1), tokens, controls)
+    assert loss["latent_mse"].item() == pytest.approx((pred - target).pow(2).mean().item(), rel=1e-5)
