@@ -44,6 +44,14 @@ def wait_for_port(port: int, timeout_s: float = 60.0, proc: subprocess.Popen | N
 # ---------------------------------------------------------------- real media
 
 
+def trimmed_wav(source: Path, target: Path, seconds: float) -> Path:
+    """The first `seconds` of real speech as 16 kHz mono WAV (ffmpeg), for short renders."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(source), "-t", str(seconds), "-ac", "1",
+                    "-ar", "16000", str(target)], check=True)
+    return target
+
+
 @pytest.fixture(scope="session")
 def shared_media() -> Path:
     """../shared/media: real portraits, speech in five languages, a real talking-head video."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -14,15 +13,14 @@ import pytest
 import requests
 
 from nightly import tracking
+from tests import conftest
 
 pytestmark = pytest.mark.slow
 CLIP_SECONDS = 1.2  # short clips keep two CPU renders fast
 
 
-def trimmed_wav(source: Path, target: Path, seconds: float = CLIP_SECONDS) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(source), "-t", str(seconds), "-ac", "1",
-                    "-ar", "16000", str(target)], check=True)
+def trimmed_wav(source: Path, target: Path, seconds: float = CLIP_SECONDS) -> Path:
+    return conftest.trimmed_wav(source, target, seconds)
 
 
 @pytest.fixture

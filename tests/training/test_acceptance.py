@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import trimmed_wav
 from training.acceptance import main
 
 pytestmark = pytest.mark.slow
-
-
-def trimmed_wav(source: Path, target: Path, seconds: float) -> Path:
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(source), "-t", str(seconds), "-ac", "1",
-                    "-ar", "16000", str(target)], check=True)
-    return target
 
 
 def test_acceptance_measures_every_bar_and_surveys_more_speech(tmp_path, shared_media):
