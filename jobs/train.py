@@ -91,9 +91,17 @@ def main(argv: list[str] | None = None) -> int:
             bound = f"in [0, {upper:g}]" if upper is not None else ">= 0"
             print(f"eartalk train: {name} must be {bound}, got {value:g}", file=sys.stderr)
             return 2
-    if args.init_from and not _checkpoint_exists(args.init_from):
-        print(f"eartalk train: --init-from {args.init_from} holds no model checkpoint (config.json)", file=sys.stderr)
-        return 2
+    overrides = {name: value for name, value in (("history_noise", args.history_noise),
+                                                 ("self_forcing", args.self_forcing),
+                                                 ("control_dropout", args.control_dropout),
+                                                 ("change_weight", args.change_weight)) if value is not None}
+    if args.audio_level:
+        overrides["audio_level"] = True
+    if args.init_from:
+        problem = _init_from_problem(args.init_from, args.preset, overrides)
+        if problem:
+            print(f"eartalk train: --init-from {args.init_from} {problem}", file=sys.stderr)
+            return 2
     started = time.monotonic()
     dataset = args.dataset
     if dataset == "synthetic":
@@ -102,12 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             dataset_dir = Path(args.output.removeprefix("file://")) / "dataset"
         dataset = str(build_or_reuse_synthetic(dataset_dir, args))
-    overrides = {name: value for name, value in (("history_noise", args.history_noise),
-                                                 ("self_forcing", args.self_forcing),
-                                                 ("control_dropout", args.control_dropout),
-                                                 ("change_weight", args.change_weight)) if value is not None}
-    if args.audio_level:
-        overrides["audio_level"] = True
     config = TrainConfig(dataset=dataset, output=args.output, preset=args.preset, seed=args.seed,
                          model_overrides=overrides,
                          vae_steps=args.vae_steps, steps=args.steps, batch_clips=args.batch_clips,
@@ -128,11 +130,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _checkpoint_exists(uri: str) -> bool:
+def _init_from_problem(uri: str, preset: str, overrides: dict) -> str | None:
+    """Why a fine-tuning run cannot start from `uri`, or None: checked before a data set is built."""
+    import dataclasses
+
     import fsspec
 
+    from model import GeneratorConfig, get_preset
+    from model.checkpoint import fine_tune_refusals
+
     fs, path = fsspec.core.url_to_fs(uri)
-    return fs.exists(f"{path.rstrip('/')}/config.json")
+    config_path = f"{path.rstrip('/')}/config.json"
+    if not fs.exists(config_path):
+        return "holds no model checkpoint (config.json)"
+    try:
+        with fs.open(config_path, "r") as f:
+            saved = GeneratorConfig.from_dict(json.load(f)["config"])
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        return f"has an unreadable config.json ({e})"
+    refused = fine_tune_refusals(saved, dataclasses.replace(get_preset(preset), **overrides))
+    return f"has another architecture than --preset {preset} (checkpoint, new): {refused}" if refused else None
 
 
 def build_or_reuse_synthetic(dataset_dir: Path, args: argparse.Namespace) -> Path:

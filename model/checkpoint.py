@@ -121,20 +121,27 @@ def _grow_audio_input(weight: torch.Tensor, cfg: GeneratorConfig) -> torch.Tenso
     return torch.cat((per_frame, per_frame.new_zeros(rows, per_frame.shape[1], 1)), dim=2).flatten(1)
 
 
+def fine_tune_refusals(checkpoint: GeneratorConfig, new: GeneratorConfig) -> dict[str, tuple]:
+    """Architecture fields a fine-tuning run cannot change from its checkpoint: name -> (checkpoint, new).
+
+    Training-only fields do not shape weights and may change; GROWABLE_FIELDS may be switched on.
+    """
+    old, target = checkpoint.to_dict(), new.to_dict()
+    differ = {k: (old[k], target[k]) for k in target if old[k] != target[k] and k not in TRAINING_ONLY_FIELDS}
+    return {k: v for k, v in differ.items() if k not in GROWABLE_FIELDS or v != (False, True)}
+
+
 def init_from_checkpoint(generator: Generator, directory: str | Path) -> dict[str, str]:
     """Load a checkpoint's weights into `generator` to fine-tune it; returns what was grown.
 
-    The architectures must match except for GROWABLE_FIELDS switched on in `generator` (and training-only
-    fields, which do not shape weights); anything else is refused with the differing fields named.
+    Anything `fine_tune_refusals` names is refused with the differing fields.
     """
     source = load_checkpoint(directory)
-    old, new = source.config.to_dict(), generator.config.to_dict()
-    differ = {k: (old[k], new[k]) for k in new if old[k] != new[k] and k not in TRAINING_ONLY_FIELDS}
-    refused = {k: v for k, v in differ.items() if k not in GROWABLE_FIELDS or v != (False, True)}
+    refused = fine_tune_refusals(source.config, generator.config)
     if refused:
         raise CheckpointError(f"{directory}: cannot fine-tune into a different architecture (checkpoint, new): {refused}")
     state, grown = source.state_dict(), {}
-    if "audio_level" in differ:
+    if source.config.audio_level != generator.config.audio_level:
         key = "audio.proj.0.weight"
         state[key] = _grow_audio_input(state[key], source.config)
         grown[key] = "level inputs added at zero"

@@ -58,4 +58,8 @@ def test_train_refuses_a_missing_dataset_and_config_with_the_cause(tmp_path):
     proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--init-from", str(tmp_path / "no"),
                    timeout=120)
     assert proc.returncode == 2 and "--init-from" in proc.stderr and "holds no model checkpoint" in proc.stderr
+    proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--preset", "base",
+                   "--init-from", str(REPO / "model" / "checkpoints" / "tiny"), timeout=120)
+    assert proc.returncode == 2 and "has another architecture than --preset base" in proc.stderr
+    assert "'d_model': (256, 1024)" in proc.stderr
     assert not (tmp_path / "o").exists()  # refused before building a data set
