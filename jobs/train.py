@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="probability that a control is hidden for a whole clip (GeneratorConfig.control_dropout)")
     p.add_argument("--change-weight", type=float, default=None,
                    help="weight of the loss on frame-to-frame change (GeneratorConfig.change_weight)")
+    p.add_argument("--mouth-weight", type=float, default=None,
+                   help="weight of the loss on the mouth and chin's latent cells (GeneratorConfig.mouth_weight)")
     p.add_argument("--deepspeed-config", default=None, help="DeepSpeed JSON (default configs/train/cpu_fp32.json)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="global steps between checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore OUTPUT/checkpoints/LATEST")
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     for name, value, upper in (("--history-noise", args.history_noise, None), ("--change-weight", args.change_weight, None),
+                               ("--mouth-weight", args.mouth_weight, None),
                                ("--self-forcing", args.self_forcing, 1.0), ("--control-dropout", args.control_dropout, 1.0)):
         if value is not None and (value < 0 or (upper is not None and value > upper)):
             bound = f"in [0, {upper:g}]" if upper is not None else ">= 0"
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {name: value for name, value in (("history_noise", args.history_noise),
                                                  ("self_forcing", args.self_forcing),
                                                  ("control_dropout", args.control_dropout),
-                                                 ("change_weight", args.change_weight)) if value is not None}
+                                                 ("change_weight", args.change_weight),
+                                                 ("mouth_weight", args.mouth_weight)) if value is not None}
     if args.audio_level:
         overrides["audio_level"] = True
     if args.init_from:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 AUDIO_SAMPLE_RATE = 16_000  # Hz: every audio tensor the model sees is mono at this rate
 # fields that only shape the training loss: a checkpoint's architecture does not depend on them, and a
 # resumed training run may change them
-TRAINING_ONLY_FIELDS = frozenset({"history_noise", "control_dropout", "self_forcing", "change_weight"})
+TRAINING_ONLY_FIELDS = frozenset({"history_noise", "control_dropout", "self_forcing", "change_weight", "mouth_weight"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class GeneratorConfig:
     history_noise: float = 0.1  # training: std of noise added to teacher-forced previous-frame latents
     self_forcing: float = 0.0  # training: share of clips whose history is the model's own rollout
     change_weight: float = 0.0  # training: weight of the loss term on what changed since the previous frame
+    mouth_weight: float = 0.0  # training: weight of the loss term on the mouth and chin's latent cells (MOUTH_REGION)
 
     def __post_init__(self) -> None:
         assert len(self.vae_channels) >= 2, "the VAE decoder predicts its flow at the second-finest scale"
@@ -53,7 +54,8 @@ class GeneratorConfig:
         assert self.latent_size % self.latent_patch == 0, "latent grid must divide into patches"
         assert self.d_model % self.n_heads == 0 and self.head_dim % 2 == 0, "head dim must be even for RoPE"
         assert self.sink_frames >= 1 and self.window_frames >= 1
-        assert 0.0 <= self.control_dropout <= 1.0 and 0.0 <= self.self_forcing <= 1.0 and self.change_weight >= 0.0
+        assert 0.0 <= self.control_dropout <= 1.0 and 0.0 <= self.self_forcing <= 1.0
+        assert self.change_weight >= 0.0 and self.mouth_weight >= 0.0
 
     # ---- derived sizes
     @property

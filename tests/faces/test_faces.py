@@ -108,3 +108,16 @@ def test_head_pose_signs_follow_the_documented_convention(angles):
         level = projected_face(0, 0, 0)
         tilted = projected_face(*angles)
         assert (tilted[30, 1] - tilted[[36, 45], 1].mean()) > (level[30, 1] - level[[36, 45], 1].mean())
+
+
+@pytest.mark.parametrize("name", ["obama.jpg", "obama2.jpg", "biden.jpg"])
+def test_the_models_mouth_region_holds_the_lips_and_chin_of_aligned_real_faces(shared_media, analyzer, name):
+    """model.generator.MOUTH_REGION (the cells the mouth loss weights) copies faces/align.py's template."""
+    from model.generator import MOUTH_REGION
+
+    aligned = align_face(load_image(shared_media / "portraits" / name), 128)
+    x0, y0, x1, y1 = MOUTH_REGION
+    lips_and_chin = aligned.landmarks[[*range(48, 68), 6, 7, 8, 9, 10]] / 128
+    assert np.all((lips_and_chin[:, 0] > x0) & (lips_and_chin[:, 0] < x1))
+    assert np.all((lips_and_chin[:, 1] > y0) & (lips_and_chin[:, 1] < y1))
+    assert aligned.landmarks[36:48, 1].max() / 128 < y0  # the eyes are outside it

@@ -110,6 +110,30 @@ def test_change_weight_adds_the_error_on_what_changed_since_the_previous_frame()
     torch.testing.assert_close(loss["total"], loss["latent_mse"] + loss["motion_mse"] + 2.0 * loss["change_mse"])
 
 
+
+def test_mouth_weight_adds_the_error_on_the_mouth_cells():
+    """A target that moved only inside MOUTH_REGION: the mouth term is the mean error over those cells."""
+    from model.generator import region_cells
+
+    g = small_generator(mouth_weight=3.0).eval()
+    S, F = g.config.image_size, 4
+    torch.manual_seed(0)
+    ref = g.vae.reference(torch.rand(1, 3, S, S)).latent  # (1, Cl, L, L)
+    L = ref.shape[-1]
+    cells = region_cells(L)
+    assert 0 < cells.sum() < L * L and cells[0].sum() == 0 and cells[-1].sum() > 0  # lower face only
+    target = ref[:, None] + torch.randn(1, F, *ref.shape[1:]) * cells  # moved in the mouth cells alone
+    audio = torch.randn(1, F * 640) * 0.1
+    with torch.no_grad():
+        loss = g.training_loss(None, None, audio, 25.0, latents=(ref, target))
+        prev = torch.cat((ref[:, None], target[:, :-1]), dim=1)
+        pred = g.forward_full(ref, prev, g.audio(audio, 25.0, F),
+                              g.controls(torch.full((1, F, len(CONTROL_NAMES)), math.nan)))
+    squared = (pred - target).pow(2)
+    expected = (squared * cells).sum() / (cells.sum() * squared.numel() / (L * L))
+    torch.testing.assert_close(loss["mouth_mse"], expected)
+    torch.testing.assert_close(loss["total"], loss["latent_mse"] + loss["motion_mse"] + 3.0 * loss["mouth_mse"])
+
 def test_self_forcing_trains_on_the_models_own_rollout_as_history():
     """self_forcing=1 puts exactly the inference rollout in each block; 0 leaves teacher forcing."""
     g = small_generator(self_forcing=1.0)
