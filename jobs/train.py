@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--audio-level", action="store_true",
                    help="give the audio encoder each mel frame's level (GeneratorConfig.audio_level); with "
                         "--init-from a checkpoint without it, its audio input grows")
+    p.add_argument("--audio-mouth", action="store_true",
+                   help="add a direct path from the audio tokens to the mouth's latent cells "
+                        "(GeneratorConfig.audio_mouth); with --init-from a checkpoint without it, it grows at zero")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (e.g. sqlite:///out/mlflow.db)")
     p.add_argument("--experiment", default="eartalk-train")
     p.add_argument("--max-minutes", type=float, default=None, help="stop stage 2 after this wall time")
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  ("mouth_weight", args.mouth_weight)) if value is not None}
     if args.audio_level:
         overrides["audio_level"] = True
+    if args.audio_mouth:
+        overrides["audio_mouth"] = True
     if args.init_from:
         problem = _init_from_problem(args.init_from, args.preset, overrides)
         if problem:

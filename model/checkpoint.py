@@ -108,7 +108,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", e
 
 
 # fields a fine-tuning run may switch on over its starting checkpoint, and how each grows the weights
-GROWABLE_FIELDS = frozenset({"audio_level"})
+GROWABLE_FIELDS = frozenset({"audio_level", "audio_mouth"})
 
 
 def _grow_audio_input(weight: torch.Tensor, cfg: GeneratorConfig) -> torch.Tensor:
@@ -145,5 +145,8 @@ def init_from_checkpoint(generator: Generator, directory: str | Path) -> dict[st
         key = "audio.proj.0.weight"
         state[key] = _grow_audio_input(state[key], source.config)
         grown[key] = "level inputs added at zero"
+    if source.config.audio_mouth != generator.config.audio_mouth:
+        state.update({k: v for k, v in generator.state_dict().items() if k.startswith("audio_mouth.")})
+        grown["audio_mouth"] = "audio-to-mouth path added at zero"
     generator.load_state_dict(state)
     return grown

@@ -32,6 +32,9 @@ class GeneratorConfig:
     # add each mel frame's loudness relative to the utterance's loud frames (audio_encoder.speech_level):
     # the per-frame LayerNorm of the log-mels removes the level, which is what drives the puppet's mouth
     audio_level: bool = False
+    # a direct path from each frame's audio tokens to the latent change of its mouth and chin cells
+    # (generator.MOUTH_REGION), added to the transformer head's: the shortest route from the sound to the jaw
+    audio_mouth: bool = False
     # ---- transformer
     d_model: int = 256  # token width
     n_layers: int = 5

@@ -102,6 +102,22 @@ def test_fine_tuning_from_a_checkpoint_without_the_level_feature_keeps_its_outpu
         assert not torch.allclose(old.audio(wave, 25.0, 6), grown.audio(wave, 25.0, 6), atol=1e-3)
 
 
+def test_fine_tuning_with_the_audio_mouth_path_grown_keeps_the_output(tmp_path):
+    import dataclasses
+
+    from model import Generator
+    from model.checkpoint import init_from_checkpoint
+
+    old = small_generator()
+    path = save_checkpoint(old, tmp_path / "old")
+    grown = Generator(dataclasses.replace(old.config, audio_mouth=True)).eval()
+    assert init_from_checkpoint(grown, path) == {"audio_mouth": "audio-to-mouth path added at zero"}
+    req = request(old, 6)
+    assert torch.equal(torch.stack(list(old.stream([req]))), torch.stack(list(grown.stream([req]))))
+    with torch.no_grad():
+        grown.audio_mouth.weight.normal_(std=0.05)
+    assert not torch.allclose(torch.stack(list(old.stream([req]))), torch.stack(list(grown.stream([req]))), atol=1e-4)
+
 def test_fine_tuning_into_another_architecture_is_refused(tmp_path):
     from model.checkpoint import init_from_checkpoint
 

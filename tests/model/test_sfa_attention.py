@@ -37,7 +37,8 @@ def stream_latents(g, req) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
         prev, out = ref, []
         for t in range(F):
             block = g.frame_blocks(prev[:, None], audio[:, t : t + 1], controls[:, t : t + 1])[:, 0]
-            prev = g.predict_latents(g.transformer.forward_cached(block, cache, block=t + 1)[:, None], ref)[:, 0]
+            hidden = g.transformer.forward_cached(block, cache, block=t + 1)[:, None]
+            prev = g.predict_latents(hidden, ref, audio[:, t : t + 1])[:, 0]
             out.append(prev)
     return ref, torch.stack(out, 1), audio, controls
 
@@ -51,6 +52,21 @@ def test_cached_streaming_equals_full_pass_under_the_sfa_mask(sinks, window, fra
         full = g.forward_full(ref, prev, audio, controls)
     assert (full - streamed).abs().max().item() < 1e-4
 
+
+def test_the_audio_mouth_path_streams_like_the_full_pass_and_moves_only_the_mouth_cells():
+    from model.generator import region_cells
+
+    g = small_generator(audio_mouth=True)
+    torch.nn.init.normal_(g.audio_mouth.weight, std=0.05)  # it starts at zero in training
+    ref, streamed, audio, controls = stream_latents(g, request(g, 12))
+    with torch.no_grad():
+        prev = torch.cat((ref[:, None], streamed[:, :-1]), dim=1)
+        full = g.forward_full(ref, prev, audio, controls)
+        torch.nn.init.zeros_(g.audio_mouth.weight)
+        without = g.forward_full(ref, prev, audio, controls)
+    assert (full - streamed).abs().max().item() < 1e-4
+    moved = (full - without).abs().amax(dim=(0, 1, 2)) > 1e-6  # (L, L) cells the path changed
+    assert torch.equal(moved, region_cells(ref.shape[-1]).bool())
 
 def test_stream_yields_the_decoded_streamed_latents(generator):
     req = request(generator, 8)
