@@ -95,8 +95,9 @@ class Generator(nn.Module):
         nn.init.zeros_(self.head.weight)  # start as "the portrait, unmoved"
         nn.init.zeros_(self.head.bias)
         if cfg.audio_mouth:
-            # Why: with the sound five layers away from the head, the trained transformer moved the mouth's
-            # cells with r ~0.5 against the truth where an MLP on the same audio window reaches ~0.9
+            # Why: the trained transformer moves the mouth's cells with r ~0.5 against the truth where an MLP
+            # on the same audio window reads the opening at r ~0.9; this tests whether the sound's distance
+            # from the head is the cause (for the tiny checkpoint it was not: README, "Tried with phase 6")
             cells = torch.nonzero(region_cells(cfg.latent_size).flatten()).flatten()  # (n,) flat cell indices
             self.register_buffer("mouth_index", cells, persistent=False)
             self.audio_mouth = nn.Linear(cfg.audio_tokens * D, cfg.latent_channels * cells.numel())
