@@ -90,6 +90,18 @@ def test_training_loss_backpropagates_and_hides_controls(generator):
     assert set(vae_loss) >= {"total", "l1", "motion_l1", "kl"} and torch.isfinite(vae_loss["total"])
 
 
+def loss_and_teacher_forced_prediction(g, ref: torch.Tensor, target: torch.Tensor):
+    """training_loss on latents (1, F, Cl, L, L) with quiet noise as audio, and the prediction it scores."""
+    F = target.shape[1]
+    audio = torch.randn(1, F * 640) * 0.1
+    with torch.no_grad():
+        loss = g.training_loss(None, None, audio, 25.0, latents=(ref, target))
+        prev = torch.cat((ref[:, None], target[:, :-1]), dim=1)
+        pred = g.forward_full(ref, prev, g.audio(audio, 25.0, F),
+                              g.controls(torch.full((1, F, len(CONTROL_NAMES)), math.nan)))
+    return loss, pred
+
+
 def test_change_weight_adds_the_error_on_what_changed_since_the_previous_frame():
     """Only frame k differs from its predecessor (a step change), so the change term is frame k's error alone."""
     g = small_generator(change_weight=2.0).eval()  # eval: no history noise, dropout or self-forcing
@@ -98,17 +110,11 @@ def test_change_weight_adds_the_error_on_what_changed_since_the_previous_frame()
     ref = g.vae.reference(torch.rand(1, 3, S, S)).latent
     target = ref[:, None].repeat(1, F, 1, 1, 1)
     target[:, k:] += torch.randn_like(ref)[:, None]  # frames k.. moved from the portrait; only k changed
-    audio = torch.randn(1, F * 640) * 0.1
-    with torch.no_grad():
-        loss = g.training_loss(None, None, audio, 25.0, latents=(ref, target))
-        prev = torch.cat((ref[:, None], target[:, :-1]), dim=1)
-        pred = g.forward_full(ref, prev, g.audio(audio, 25.0, F),
-                              g.controls(torch.full((1, F, len(CONTROL_NAMES)), math.nan)))
+    loss, pred = loss_and_teacher_forced_prediction(g, ref, target)
     changed = (target[:, k] - target[:, k - 1]).abs()
     expected = ((pred[:, k] - target[:, k]).pow(2) * changed).sum() / changed.sum()
     torch.testing.assert_close(loss["change_mse"], expected)
     torch.testing.assert_close(loss["total"], loss["latent_mse"] + loss["motion_mse"] + 2.0 * loss["change_mse"])
-
 
 
 def test_mouth_weight_adds_the_error_on_the_mouth_cells():
@@ -123,16 +129,12 @@ def test_mouth_weight_adds_the_error_on_the_mouth_cells():
     cells = region_cells(L)
     assert 0 < cells.sum() < L * L and cells[0].sum() == 0 and cells[-1].sum() > 0  # lower face only
     target = ref[:, None] + torch.randn(1, F, *ref.shape[1:]) * cells  # moved in the mouth cells alone
-    audio = torch.randn(1, F * 640) * 0.1
-    with torch.no_grad():
-        loss = g.training_loss(None, None, audio, 25.0, latents=(ref, target))
-        prev = torch.cat((ref[:, None], target[:, :-1]), dim=1)
-        pred = g.forward_full(ref, prev, g.audio(audio, 25.0, F),
-                              g.controls(torch.full((1, F, len(CONTROL_NAMES)), math.nan)))
+    loss, pred = loss_and_teacher_forced_prediction(g, ref, target)
     squared = (pred - target).pow(2)
     expected = (squared * cells).sum() / (cells.sum() * squared.numel() / (L * L))
     torch.testing.assert_close(loss["mouth_mse"], expected)
     torch.testing.assert_close(loss["total"], loss["latent_mse"] + loss["motion_mse"] + 3.0 * loss["mouth_mse"])
+
 
 def test_self_forcing_trains_on_the_models_own_rollout_as_history():
     """self_forcing=1 puts exactly the inference rollout in each block; 0 leaves teacher forcing."""
