@@ -56,6 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="weight of the loss on frame-to-frame change (GeneratorConfig.change_weight)")
     p.add_argument("--mouth-weight", type=float, default=None,
                    help="weight of the loss on the mouth and chin's latent cells (GeneratorConfig.mouth_weight)")
+    p.add_argument("--vae-region-weight", type=float, default=None,
+                   help="stage 1: weight of the squared error on the eyes' and mouth's pixels (GeneratorConfig.vae_region_weight)")
+    p.add_argument("--vae-decoder-only", action="store_true",
+                   help="stage 1 trains the VAE decoder only, keeping the latent space an --init-from transformer "
+                        "learned in")
     p.add_argument("--deepspeed-config", default=None, help="DeepSpeed JSON (default configs/train/cpu_fp32.json)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="global steps between checkpoints")
     p.add_argument("--no-resume", action="store_true", help="ignore OUTPUT/checkpoints/LATEST")
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, value, upper in (("--history-noise", args.history_noise, None), ("--change-weight", args.change_weight, None),
                                ("--mouth-weight", args.mouth_weight, None),
+                               ("--vae-region-weight", args.vae_region_weight, None),
                                ("--self-forcing", args.self_forcing, 1.0), ("--control-dropout", args.control_dropout, 1.0)):
         if value is not None and (value < 0 or (upper is not None and value > upper)):
             bound = f"in [0, {upper:g}]" if upper is not None else ">= 0"
@@ -101,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  ("self_forcing", args.self_forcing),
                                                  ("control_dropout", args.control_dropout),
                                                  ("change_weight", args.change_weight),
-                                                 ("mouth_weight", args.mouth_weight)) if value is not None}
+                                                 ("mouth_weight", args.mouth_weight),
+                                                 ("vae_region_weight", args.vae_region_weight)) if value is not None}
     if args.audio_level:
         overrides["audio_level"] = True
     if args.audio_mouth:
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                          model_overrides=overrides,
                          vae_steps=args.vae_steps, steps=args.steps, batch_clips=args.batch_clips,
                          vae_batch_frames=args.vae_batch_frames, clip_frames=args.clip_frames, lr=args.lr,
-                         vae_lr=args.vae_lr, deepspeed_config=str(ds_config),
+                         vae_lr=args.vae_lr, vae_decoder_only=args.vae_decoder_only, deepspeed_config=str(ds_config),
                          checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
                          tracking_uri=args.tracking_uri, experiment=args.experiment, max_minutes=args.max_minutes,
                          init_from=args.init_from)

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, fields, replace
 AUDIO_SAMPLE_RATE = 16_000  # Hz: every audio tensor the model sees is mono at this rate
 # fields that only shape the training loss: a checkpoint's architecture does not depend on them, and a
 # resumed training run may change them
-TRAINING_ONLY_FIELDS = frozenset({"history_noise", "control_dropout", "self_forcing", "change_weight", "mouth_weight"})
+TRAINING_ONLY_FIELDS = frozenset({"history_noise", "control_dropout", "self_forcing", "change_weight", "mouth_weight",
+                                  "vae_region_weight"})
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class GeneratorConfig:
     # the per-frame LayerNorm of the log-mels removes the level, which is what drives the puppet's mouth
     audio_level: bool = False
     # a direct path from each frame's audio tokens to the latent change of its mouth and chin cells
-    # (generator.MOUTH_REGION), added to the transformer head's: the shortest route from the sound to the jaw
+    # (face_regions.MOUTH_REGION), added to the transformer head's: the shortest route from the sound to the jaw
     audio_mouth: bool = False
     # ---- transformer
     d_model: int = 256  # token width
@@ -50,6 +51,7 @@ class GeneratorConfig:
     self_forcing: float = 0.0  # training: share of clips whose history is the model's own rollout
     change_weight: float = 0.0  # training: weight of the loss term on what changed since the previous frame
     mouth_weight: float = 0.0  # training: weight of the loss term on the mouth and chin's latent cells (MOUTH_REGION)
+    vae_region_weight: float = 0.0  # training, stage 1: weight of the squared error on the eyes' and mouth's pixels
 
     def __post_init__(self) -> None:
         assert len(self.vae_channels) >= 2, "the VAE decoder predicts its flow at the second-finest scale"
@@ -58,7 +60,7 @@ class GeneratorConfig:
         assert self.d_model % self.n_heads == 0 and self.head_dim % 2 == 0, "head dim must be even for RoPE"
         assert self.sink_frames >= 1 and self.window_frames >= 1
         assert 0.0 <= self.control_dropout <= 1.0 and 0.0 <= self.self_forcing <= 1.0
-        assert self.change_weight >= 0.0 and self.mouth_weight >= 0.0
+        assert self.change_weight >= 0.0 and self.mouth_weight >= 0.0 and self.vae_region_weight >= 0.0
 
     # ---- derived sizes
     @property

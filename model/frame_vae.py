@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GeneratorConfig
+from .face_regions import EYES_REGION, MOUTH_REGION, region_cells
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -142,7 +143,10 @@ class FrameVAE(nn.Module):
         """Reconstruction of frames (B, 3, S, S) against their clips' portraits (B, 3, S, S), in [0, 1].
 
         L1 + MSE over the frame, plus L1 weighted by how much each pixel differs from the portrait: most
-        of a talking head is static, and the mouth and eyes would otherwise drown in it.
+        of a talking head is static, and the mouth and eyes would otherwise drown in it. With
+        `vae_region_weight`, also the squared error over the eyes' and mouth's pixels (face_regions): a
+        closed lid is a few pixels at 128 px, and a squared error, unlike L1, grows its gradient with the
+        error, so the few badly drawn lid pixels outweigh the many slightly blurred ones.
         """
         mean, logvar, _ = self._encode(frames)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
@@ -150,11 +154,19 @@ class FrameVAE(nn.Module):
         error = (recon - frames).abs()
         moved = F.avg_pool2d((frames - portraits).abs().mean(1, keepdim=True), 5, stride=1, padding=2)
         motion_l1 = (error * moved).sum() / (3 * moved.sum()).clamp(min=1e-6)
+        size = frames.shape[-1]
+        features = torch.maximum(region_cells(size, EYES_REGION), region_cells(size, MOUTH_REGION))  # (S, S)
+        region_mse = (error.pow(2) * features.to(error)).sum() / (error.shape[0] * 3 * features.sum())
         l1 = error.mean()
         mse = error.pow(2).mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-        total = l1 + mse + motion_l1 + self.kl_weight * kl
-        return {"total": total, "l1": l1, "mse": mse, "motion_l1": motion_l1, "kl": kl}
+        total = l1 + mse + motion_l1 + self.cfg.vae_region_weight * region_mse + self.kl_weight * kl
+        return {"total": total, "l1": l1, "mse": mse, "motion_l1": motion_l1, "region_mse": region_mse, "kl": kl}
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """What maps a latent to pixels; the rest (the encoder) defines the latent space stage 2 learns in."""
+        return [p for part in (self.from_latent, self.join, self.up, self.to_flow, self.to_paint)
+                for p in part.parameters()]
 
 
 def _identity_grid(batch: int, size: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

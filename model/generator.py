@@ -36,6 +36,7 @@ from torch import nn
 from .audio_encoder import AudioEncoder
 from .config import AUDIO_SAMPLE_RATE, GeneratorConfig
 from .controls import CONTROL_NAMES, ControlEmbedding, drop_controls, stack_controls
+from .face_regions import region_cells
 from .frame_vae import FrameVAE
 from .kv_cache import KVCache
 from .transformer import FrameTransformer
@@ -48,21 +49,6 @@ class RenderRequest:
     fps: float = 25.0  # frames per second of the output video
     controls: dict[str, torch.Tensor] | None = None  # name -> (F,) per-frame values, NaN = absent
     seed: int = 0  # accepted for interface stability; the regression head is deterministic
-
-
-# The mouth and chin in the aligned canonical crop, (x0, y0, x1, y1) as fractions of its side: faces/align.py
-# puts the eyes 0.26 apart at y = 0.42 and the mouth centre at (0.50, 0.70), so the chin sits near y = 0.9
-# (tests/faces pins the region on real aligned faces). model/ does not import faces/, hence the copy.
-MOUTH_REGION = (0.30, 0.58, 0.70, 0.98)
-
-
-def region_cells(size: int, region: tuple[float, float, float, float] = MOUTH_REGION) -> torch.Tensor:
-    """(size, size) 0/1 map of the grid cells that overlap `region` (fractions of the side)."""
-    x0, y0, x1, y1 = region
-    edges = torch.arange(size + 1) / size  # cell c spans [edges[c], edges[c + 1])
-    cols = (edges[1:] > x0) & (edges[:-1] < x1)
-    rows = (edges[1:] > y0) & (edges[:-1] < y1)
-    return (rows[:, None] & cols[None, :]).float()
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,9 @@ class TrainConfig:
     batch_clips: int = 2  # clips per transformer micro-batch
     clip_frames: int = 24  # frames per training window, cut at random from a data-set clip
     vae_lr: float = 2e-3  # peak learning rate, stage 1
+    # stage 1 trains the decoder only: the encoder, so the latent space a trained transformer predicts in,
+    # stays as it is (refining an --init-from checkpoint's rendering without retraining stage 2)
+    vae_decoder_only: bool = False
     lr: float = 1e-3  # peak learning rate, stage 2
     weight_decay: float = 0.01
     warmup_steps: int = 20  # linear warm-up, then cosine decay to min_lr_ratio * peak
@@ -438,14 +441,15 @@ def train(config: TrainConfig) -> TrainResult:
         if done < config.vae_steps:
             for p in generator.parameters():
                 p.requires_grad_(False)
-            for p in vae.parameters():
+            params = vae.decoder_parameters() if config.vae_decoder_only else list(vae.parameters())
+            for p in params:
                 p.requires_grad_(True)
             generator.train()
-            reached = run_stage("vae", VAELoss(vae), list(vae.parameters()), sampler.vae_batch, done,
+            reached = run_stage("vae", VAELoss(vae), params, sampler.vae_batch, done,
                                 config.vae_steps, config.vae_lr, config, generator, sampler, tracker, history,
                                 resume_state, 0, config.vae_batch_frames, None)
             done = reached
-        if done >= config.vae_steps:
+        if done >= config.vae_steps and config.steps > 0:
             for p in generator.parameters():
                 p.requires_grad_(True)
             for p in vae.parameters():

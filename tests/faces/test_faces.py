@@ -111,13 +111,20 @@ def test_head_pose_signs_follow_the_documented_convention(angles):
 
 
 @pytest.mark.parametrize("name", ["obama.jpg", "obama2.jpg", "biden.jpg"])
-def test_the_models_mouth_region_holds_the_lips_and_chin_of_aligned_real_faces(shared_media, analyzer, name):
-    """model.generator.MOUTH_REGION (the cells the mouth loss weights) copies faces/align.py's template."""
-    from model.generator import MOUTH_REGION
+def test_the_models_face_regions_hold_the_eyes_and_the_mouth_of_aligned_real_faces(shared_media, analyzer, name):
+    """model.face_regions (the cells and pixels the eye and mouth losses weight) copies faces/align.py's template."""
+    from model.face_regions import EYES_REGION, MOUTH_REGION
 
     aligned = align_face(load_image(shared_media / "portraits" / name), 128)
-    x0, y0, x1, y1 = MOUTH_REGION
-    lips_and_chin = aligned.landmarks[[*range(48, 68), 6, 7, 8, 9, 10]] / 128
-    assert np.all((lips_and_chin[:, 0] > x0) & (lips_and_chin[:, 0] < x1))
-    assert np.all((lips_and_chin[:, 1] > y0) & (lips_and_chin[:, 1] < y1))
-    assert aligned.landmarks[36:48, 1].max() / 128 < y0  # the eyes are outside it
+    marks = aligned.landmarks / 128
+
+    def inside(points, region):
+        x0, y0, x1, y1 = region
+        return (points[:, 0] > x0) & (points[:, 0] < x1) & (points[:, 1] > y0) & (points[:, 1] < y1)
+
+    lips_and_chin = marks[[*range(48, 68), 6, 7, 8, 9, 10]]
+    eyes = marks[36:48]
+    assert np.all(inside(lips_and_chin, MOUTH_REGION)) and not np.any(inside(eyes, MOUTH_REGION))
+    assert np.all(inside(eyes, EYES_REGION)) and not np.any(inside(lips_and_chin, EYES_REGION))
+    # the synthetic data turns heads by up to 25 deg: the eyes keep a margin to the region's sides
+    assert eyes[:, 0].min() - EYES_REGION[0] > 0.04 and EYES_REGION[2] - eyes[:, 0].max() > 0.04

@@ -119,7 +119,7 @@ def test_change_weight_adds_the_error_on_what_changed_since_the_previous_frame()
 
 def test_mouth_weight_adds_the_error_on_the_mouth_cells():
     """A target that moved only inside MOUTH_REGION: the mouth term is the mean error over those cells."""
-    from model.generator import region_cells
+    from model.face_regions import region_cells
 
     g = small_generator(mouth_weight=3.0).eval()
     S, F = g.config.image_size, 4
@@ -224,6 +224,33 @@ def test_decoder_warps_the_portraits_pixels():
         shifted = vae.decode(latents, vae.reference(portrait))
     # output pixel x samples the portrait at x + 1: the face moves one pixel left
     assert (shifted[..., :-1] - portrait[..., 1:]).abs().max().item() < 1e-4
+
+
+def test_vae_region_weight_adds_the_error_on_the_eyes_and_mouth_pixels():
+    """A frame that differs from the (exactly copied) portrait in one eye only: the region term is that
+    squared error over the eyes' and mouth's pixels, and the total grows by vae_region_weight times it."""
+    import dataclasses
+
+    from model import Generator, get_preset
+    from model.face_regions import EYES_REGION, MOUTH_REGION, region_cells
+
+    generator = Generator(get_preset("tiny", n_layers=1))
+    S = generator.config.image_size
+    vae = _pinned_decoder(generator, 0.0)  # the reconstruction is the portrait, whatever the frame
+    portrait = torch.rand(1, 3, S, S)
+    frame = portrait.clone()
+    eye = (slice(int(0.40 * S), int(0.44 * S)), slice(int(0.34 * S), int(0.40 * S)))
+    frame[:, :, eye[0], eye[1]] = 0.0  # a closed lid, painted dark
+    error = (portrait - frame).abs()
+    features = torch.maximum(region_cells(S, EYES_REGION), region_cells(S, MOUTH_REGION))
+    unweighted = vae.loss(frame, portrait)
+    assert torch.isclose(unweighted["region_mse"], error.pow(2).sum() / (3 * features.sum()), rtol=1e-4)
+    # all the error lies in the region, a small share of the frame: the region term is the frame's / share
+    assert torch.isclose(unweighted["region_mse"] * features.mean(), unweighted["mse"], rtol=1e-4)
+    vae.cfg = dataclasses.replace(vae.cfg, vae_region_weight=2.0)
+    weighted = vae.loss(frame, portrait)
+    torch.testing.assert_close(weighted["total"] - unweighted["total"], 2.0 * unweighted["region_mse"],
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_decoder_output_depends_on_the_portrait(generator):

@@ -54,7 +54,7 @@ def test_cached_streaming_equals_full_pass_under_the_sfa_mask(sinks, window, fra
 
 
 def test_the_audio_mouth_path_streams_like_the_full_pass_and_moves_only_the_mouth_cells():
-    from model.generator import region_cells
+    from model.face_regions import region_cells
 
     g = small_generator(audio_mouth=True)
     torch.nn.init.normal_(g.audio_mouth.weight, std=0.05)  # it starts at zero in training

@@ -164,3 +164,24 @@ def test_a_fine_tuning_run_starts_from_another_runs_weights_and_grows_the_audio_
     new_in = after.audio.proj[0].weight.view(old_in.shape[0], -1, before.config.n_mels + 1)
     assert new_in.shape[1] * before.config.n_mels == old_in.shape[1]
     assert new_in[:, :, -1].abs().sum() > 0, "the level inputs did not train"
+
+
+def test_a_decoder_only_vae_stage_keeps_the_latent_space_of_the_checkpoint_it_refines(dataset, tmp_path):
+    """--vae-decoder-only: the decoder trains, the encoder (what the transformer predicts in) does not move."""
+    from model import load_checkpoint
+
+    base = train(config_for(dataset, str(tmp_path / "base"), steps=2))
+    refined = train(config_for(dataset, str(tmp_path / "refined"), vae_steps=4, steps=0, vae_decoder_only=True,
+                               init_from=base.final_checkpoint, model_overrides=dict(MICRO, vae_region_weight=4.0)))
+    assert refined.steps_done == 4 and "transformer/total" not in refined.history
+    assert [v for _, v in refined.history["vae/region_mse"]], "the region term was not logged"
+    before, after = load_checkpoint(base.final_checkpoint), load_checkpoint(refined.final_checkpoint)
+    decoder = {id(p) for p in after.vae.decoder_parameters()}
+    moved = {name for name, p in after.vae.named_parameters()
+             if not torch.equal(p, before.vae.state_dict()[name])}
+    encoder = {name for name, p in after.vae.named_parameters() if id(p) not in decoder}
+    assert moved and not moved & encoder, f"encoder weights changed: {sorted(moved & encoder)}"
+    for name, weight in before.state_dict().items():  # and stage 2 did not run
+        if not name.startswith("vae."):
+            assert torch.equal(weight, after.state_dict()[name]), name
+    assert after.config.vae_region_weight == 4.0
