@@ -154,11 +154,12 @@ class FrameVAE(nn.Module):
         error = (recon - frames).abs()
         moved = F.avg_pool2d((frames - portraits).abs().mean(1, keepdim=True), 5, stride=1, padding=2)
         motion_l1 = (error * moved).sum() / (3 * moved.sum()).clamp(min=1e-6)
+        squared = error.pow(2)
         size = frames.shape[-1]
         features = torch.maximum(region_cells(size, EYES_REGION), region_cells(size, MOUTH_REGION))  # (S, S)
-        region_mse = (error.pow(2) * features.to(error)).sum() / (error.shape[0] * 3 * features.sum())
+        region_mse = (squared * features.to(error)).sum() / (error.shape[0] * 3 * features.sum())
         l1 = error.mean()
-        mse = error.pow(2).mean()
+        mse = squared.mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         total = l1 + mse + motion_l1 + self.cfg.vae_region_weight * region_mse + self.kl_weight * kl
         return {"total": total, "l1": l1, "mse": mse, "motion_l1": motion_l1, "region_mse": region_mse, "kl": kl}
