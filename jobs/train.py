@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             bound = f"in [0, {upper:g}]" if upper is not None else ">= 0"
             print(f"eartalk train: {name} must be {bound}, got {value:g}", file=sys.stderr)
             return 2
+    if args.vae_decoder_only and not args.init_from:
+        print("eartalk train: --vae-decoder-only refines the decoder of an --init-from checkpoint; "
+              "without one the encoder would stay at its random start", file=sys.stderr)
+        return 2
     overrides = {name: value for name, value in (("history_noise", args.history_noise),
                                                  ("self_forcing", args.self_forcing),
                                                  ("control_dropout", args.control_dropout),
