@@ -67,8 +67,15 @@ def read_config(directory: str | Path) -> tuple[GeneratorConfig, dict]:
 
 
 def refuse_pickle(path: Path) -> None:
+    """Refuse a pickle (protocol >= 2 starts with 0x80) or a torch.save zip ("PK") under a weights name.
+
+    A safetensors file starts with its JSON header's length (8 bytes, little-endian) and then "{", so it is
+    recognised first: that length's low byte may itself be 0x80.
+    """
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    if head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
+        return
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise CheckpointError(f"{path}: this is a pickle / torch.save file, not safetensors; refusing to unpickle it")
 

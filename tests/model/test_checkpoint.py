@@ -39,6 +39,25 @@ def test_a_pickle_named_model_safetensors_is_refused_before_unpickling(saved, ge
         load_checkpoint(saved)
 
 
+def test_safetensors_whose_header_length_starts_like_a_pickle_loads(tmp_path):
+    """A safetensors file opens with its header's length; one whose low byte is 0x80 (a pickle's first byte)
+    is still safetensors (a training checkpoint once hit this)."""
+    from safetensors.torch import save_file
+
+    from model.checkpoint import refuse_pickle
+
+    path = tmp_path / "model.safetensors"
+    for pad in range(300):
+        save_file({"w": torch.zeros(2)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    refuse_pickle(path)  # no error
+    torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)  # a bare pickle: 0x80 0x02
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        refuse_pickle(path)
+
+
 def test_a_lone_pickled_checkpoint_is_refused(tmp_path, generator):
     d = tmp_path / "pickled"
     d.mkdir()
@@ -117,6 +136,7 @@ def test_fine_tuning_with_the_audio_mouth_path_grown_keeps_the_output(tmp_path):
     with torch.no_grad():
         grown.audio_mouth.weight.normal_(std=0.05)
     assert not torch.allclose(torch.stack(list(old.stream([req]))), torch.stack(list(grown.stream([req]))), atol=1e-4)
+
 
 def test_fine_tuning_into_another_architecture_is_refused(tmp_path):
     from model.checkpoint import init_from_checkpoint
