@@ -67,6 +67,11 @@ class LogMel(nn.Module):
         self.register_buffer("filters", mel_filterbank(n_mels, self.n_fft, AUDIO_SAMPLE_RATE), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        # stft's centring reflects n_fft / 2 samples at each end, which needs more samples than that:
+        # a clip that short (<= 20 ms) is padded with silence
+        short = self.n_fft // 2 + 1 - wave.shape[-1]
+        if short > 0:
+            wave = torch.nn.functional.pad(wave, (0, short))
         spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
         power = spec.abs().pow(2).transpose(1, 2)  # (B, M, K)
         return torch.log(power @ self.filters + 1e-6)  # (B, M, n_mels)
@@ -93,10 +98,11 @@ class AudioEncoder(nn.Module):
     def frame_features(self, wave: torch.Tensor, fps: float, num_frames: int) -> torch.Tensor:
         """(B, N) -> (B, F, 2 * context + 1, features_per_mel_frame) mel windows centred audio_lead_ms
         after each video frame; zeros (silence, level 0) outside the clip."""
-        log_mel = self.logmel(wave)  # (B, M, n_mels)
-        mel = self.norm(log_mel)
+        log_mel = self.logmel(wave)  # (B, M, n_mels), fp32 whatever the model's dtype (inference.py)
+        dtype = self.norm.weight.dtype
+        mel = self.norm(log_mel.to(dtype))
         if self.cfg.audio_level:
-            mel = torch.cat((mel, speech_level(log_mel)[..., None]), dim=-1)  # (B, M, n_mels + 1)
+            mel = torch.cat((mel, speech_level(log_mel)[..., None].to(dtype)), dim=-1)  # (B, M, n_mels + 1)
         M = mel.shape[1]
         mel_rate = 1000.0 / self.cfg.mel_hop_ms  # mel frames per second
         times = (torch.arange(num_frames, device=wave.device) + 0.5) / fps + self.cfg.audio_lead_ms / 1000.0  # (F,) s

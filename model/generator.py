@@ -27,14 +27,14 @@ values use fixed ranges (controls.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from .audio_encoder import AudioEncoder
-from .config import AUDIO_SAMPLE_RATE, GeneratorConfig
+from .config import AUDIO_SAMPLE_RATE, TRAINING_ONLY_FIELDS, GeneratorConfig
 from .controls import CONTROL_NAMES, ControlEmbedding, drop_controls, stack_controls
 from .face_regions import region_cells
 from .frame_vae import FrameVAE
@@ -89,6 +89,20 @@ class Generator(nn.Module):
             self.audio_mouth = nn.Linear(cfg.audio_tokens * D, cfg.latent_channels * cells.numel())
             nn.init.zeros_(self.audio_mouth.weight)  # starts as no change: a fine-tune starts from its network
             nn.init.zeros_(self.audio_mouth.bias)
+
+    def set_training_fields(self, **changes) -> None:
+        """Change training-only hyperparameters (config.TRAINING_ONLY_FIELDS) in place, as a resumed run may.
+
+        Every part that keeps its own reference to the config (the frame VAE's loss reads its region weight
+        there) gets the new one too, so no part trains with a stale value.
+        """
+        architecture = sorted(set(changes) - TRAINING_ONLY_FIELDS)
+        if architecture:
+            raise ValueError(f"{architecture} shape the weights; only training-only fields may change in place")
+        self.config = replace(self.config, **changes)
+        for part in self.modules():
+            if isinstance(getattr(part, "cfg", None), GeneratorConfig):
+                part.cfg = self.config
 
     # ------------------------------------------------------------------ sizes
     @property

@@ -337,6 +337,21 @@ def _capture_rng() -> dict:
     return {"torch": torch.get_rng_state()}
 
 
+def restore_rng(state: TrainerState, sampler: BatchSampler, rank: int, seed: int) -> None:
+    """Continue the random streams of the run a checkpoint came from.
+
+    Only rank 0 writes checkpoints, so only its streams are saved: it continues exactly, and every other
+    rank starts a stream of its own from (seed, rank, step), never a copy of rank 0's batches.
+    """
+    if rank == 0:
+        sampler.set_state(state.rng["sampler"])
+        torch.set_rng_state(state.rng["torch"])
+        return
+    streams = np.random.SeedSequence([seed, rank, state.step])
+    sampler.rng = np.random.default_rng(streams)
+    torch.manual_seed(int(streams.generate_state(1)[0]))
+
+
 def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_batch: Callable[[], object],
               first_step: int, last_step: int, peak_lr: float, config: TrainConfig, generator: nn.Module,
               sampler: BatchSampler, tracker: _Tracker, history: dict, resume_state: TrainerState | None,
@@ -350,13 +365,13 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
     micro = config.vae_batch_frames if stage == "vae" else config.batch_clips
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=load_deepspeed_config(config.deepspeed_config, micro))
-    if resume_state is not None and resume_state.stage == stage:
-        optimizer.load_state_dict(resume_state.optimizer)
-        scheduler.load_state_dict(resume_state.scheduler)
-        sampler.set_state(resume_state.rng["sampler"])
-        torch.set_rng_state(resume_state.rng["torch"])
-    dtype = next(engine.module.parameters()).dtype
     rank = engine.global_rank
+    if resume_state is not None:
+        if resume_state.stage == stage:
+            optimizer.load_state_dict(resume_state.optimizer)
+            scheduler.load_state_dict(resume_state.scheduler)
+        restore_rng(resume_state, sampler, rank, config.seed)
+    dtype = next(engine.module.parameters()).dtype
     step = first_step
     window_start, window_frames, window_steps = time.monotonic(), 0, 0
     running: dict[str, float] = {}
@@ -417,7 +432,7 @@ def train(config: TrainConfig) -> TrainResult:
         if set(changed) - TRAINING_ONLY_FIELDS:
             raise ValueError(f"cannot change {sorted(set(changed) - TRAINING_ONLY_FIELDS)} when resuming {latest}")
         if changed:
-            generator.config = dataclasses.replace(generator.config, **changed)
+            generator.set_training_fields(**changed)
             log.info("resumed with changed training hyperparameters %s", changed)
     else:
         generator_config = dataclasses.replace(get_preset(config.preset), **config.model_overrides)
@@ -438,7 +453,8 @@ def train(config: TrainConfig) -> TrainResult:
     deadline = None if config.max_minutes is None else time.monotonic() + 60 * config.max_minutes
     try:
         vae = frame_vae_of(generator)
-        if done < config.vae_steps:
+        runs_vae_stage = done < config.vae_steps
+        if runs_vae_stage:
             for p in generator.parameters():
                 p.requires_grad_(False)
             params = vae.decoder_parameters() if config.vae_decoder_only else list(vae.parameters())
@@ -457,7 +473,8 @@ def train(config: TrainConfig) -> TrainResult:
             generator.train()
             sampler.latents = ClipLatents(dataset, vae)
             params = [p for p in generator.parameters() if p.requires_grad]
-            state = resume_state if resume_state and resume_state.stage == "transformer" else None
+            # a checkpoint from the end of stage 1 carries the random streams stage 2 continues
+            state = None if runs_vae_stage else resume_state
             reached = run_stage("transformer", TransformerLoss(generator, dataset.fps), params, sampler.clip_batch,
                                 done - config.vae_steps, config.steps, config.lr, config, generator, sampler,
                                 tracker, history, state, config.vae_steps, config.batch_clips * config.clip_frames,

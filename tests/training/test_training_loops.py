@@ -63,6 +63,50 @@ def test_a_restarted_run_resumes_from_the_last_checkpoint(dataset, tmp_path):
     assert "vae/total" not in resumed.history, "the finished VAE stage ran again"
 
 
+def test_a_run_resumed_at_the_stage_boundary_trains_as_one_that_never_stopped(dataset, tmp_path):
+    """The end of stage 1 carries the random streams stage 2 continues (batches, dropout, history noise)."""
+    from model import load_checkpoint
+
+    whole = train(config_for(dataset, str(tmp_path / "whole"), vae_steps=4, steps=4))
+    output = str(tmp_path / "split")
+    train(config_for(dataset, output, vae_steps=4, steps=0))
+    _, state = load_training_checkpoint(latest_checkpoint(output))
+    assert (state.stage, state.step) == ("vae", 4)
+    resumed = train(config_for(dataset, output, vae_steps=4, steps=4))
+    assert resumed.steps_done == 8 and "vae/total" not in resumed.history
+    a, b = load_checkpoint(whole.final_checkpoint).state_dict(), load_checkpoint(resumed.final_checkpoint).state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a), "stage 2 drew other batches after the resume"
+
+
+def test_a_resumed_run_trains_with_its_changed_vae_region_weight(dataset, tmp_path):
+    output = str(tmp_path / "run")
+    train(config_for(dataset, output, vae_steps=4, steps=0))
+    resumed = train(config_for(dataset, output, vae_steps=8, steps=0,
+                               model_overrides=dict(MICRO, vae_region_weight=5.0)))
+    h = {key.split("/")[1]: dict(values) for key, values in resumed.history.items() if key.startswith("vae/")}
+    for step in h["total"]:  # the logged total is the sum of its terms, the region's with the new weight
+        terms = h["l1"][step] + h["mse"][step] + h["motion_l1"][step] + 5.0 * h["region_mse"][step]
+        assert h["total"][step] == pytest.approx(terms + 1e-6 * h["kl"][step], rel=1e-4), step
+
+
+def test_only_rank_0_continues_its_saved_random_streams_the_others_draw_their_own(dataset):
+    from training.checkpointing import TrainerState
+    from training.loops import BatchSampler, restore_rng
+
+    config = config_for(dataset, "unused")
+    saved = BatchSampler(ClipDataset(dataset), config, ["yaw"], rank=0)
+    saved.rng.random(5)  # somewhere along rank 0's stream
+    state = TrainerState(stage="transformer", step=10, optimizer={}, scheduler={},
+                         rng={"sampler": saved.state(), "torch": torch.get_rng_state()})
+    firsts = {}
+    for rank in (0, 1, 2):
+        sampler = BatchSampler(ClipDataset(dataset), config, ["yaw"], rank=rank)
+        restore_rng(state, sampler, rank, config.seed)
+        firsts[rank] = float(sampler.rng.random())
+    assert firsts[0] == float(saved.rng.random())
+    assert len(set(firsts.values())) == 3, f"ranks share a stream: {firsts}"
+
+
 def test_checkpoints_go_to_object_storage(dataset, s3_server, monkeypatch):
     import uuid
 
