@@ -1,6 +1,8 @@
 """Run-level aggregates of a results table, under stable MLflow metric names.
 
 `quality/<metric>/mean|p10|p50|p90` for every metric column with data among rows with status 'ok',
+`quality/<metric>/abs_mean` (mean of absolute values) for metrics best at 0 (signed sync offsets: +5 and
+-5 average to a perfect-looking 0, their absolute values to 5),
 `quality/failure_rate` (failed rows over rows that were attempted, skipped ones excluded),
 `quality/rows_ok`, and `quality/frames_per_s` (rendered frames over summed render + encode seconds).
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .schema import METRIC_COLUMNS
+from .schema import ABS_LOWER_IS_BETTER, METRIC_COLUMNS
 
 STATS = {"mean": np.mean, "p10": lambda v: np.percentile(v, 10), "p50": np.median, "p90": lambda v: np.percentile(v, 90)}
 NOT_AGGREGATED = {"learned_metrics_reason", "metrics_error"}
@@ -35,6 +37,8 @@ def aggregate_metrics(results: pd.DataFrame) -> dict[str, float]:
         values = values[np.isfinite(values)]
         if values.size:
             out |= {metric_name(metric, stat): float(fn(values)) for stat, fn in STATS.items()}
+            if metric in ABS_LOWER_IS_BETTER:
+                out[metric_name(metric, "abs_mean")] = float(np.abs(values).mean())
     if {"frames", "render_s"} <= set(ok.columns) and len(ok):
         seconds = pd.to_numeric(ok["render_s"], errors="coerce").fillna(0).sum()
         if "encode_s" in ok:

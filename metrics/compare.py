@@ -1,7 +1,8 @@
 """Compare a run's per-video metrics with a baseline run's: deltas, thresholds, worst rows, a report.
 
 Each run's results are found through its `eartalk.results_uri` tag (docs/ARCHITECTURE.md). Per metric
-the means over 'ok' rows are compared; a metric regresses when it got worse (by its direction in
+the means over 'ok' rows are compared (for metrics best at 0, the means of absolute values: signed offsets
+of either sign would cancel out); a metric regresses when it got worse (by its direction in
 metrics.schema) by more than its threshold. Thresholds are absolute allowed worsening in the metric's
 units (`DEFAULT_THRESHOLDS`; others: 10 % of the baseline's magnitude); a JSON file maps metric names
 to numbers to override them. `quality/failure_rate` is compared too (threshold 0.05).
@@ -86,12 +87,13 @@ def compare_frames(current: pd.DataFrame, baseline: pd.DataFrame, thresholds: di
     rows = []
     names = [m for m in METRIC_COLUMNS if direction(m) != "none"] + ["failure_rate"]
     for metric in names:
-        key = "quality/failure_rate" if metric == "failure_rate" else f"quality/{metric}/mean"
+        way = direction(metric)
+        stat = "abs_mean" if way == "abs_lower" else "mean"
+        key = "quality/failure_rate" if metric == "failure_rate" else f"quality/{metric}/{stat}"
         if key not in cur_agg or key not in base_agg:
             continue
         b, c = base_agg[key], cur_agg[key]
-        way = direction(metric)
-        worse_by = {"higher": b - c, "lower": c - b, "abs_lower": abs(c) - abs(b)}[way]
+        worse_by = b - c if way == "higher" else c - b  # abs_lower: b and c are already means of |x|
         limit = thresholds.get(metric, RELATIVE_DEFAULT * max(abs(b), 1e-9))
         rows.append({"metric": metric, "baseline": b, "current": c, "delta": c - b, "threshold": limit,
                      "direction": way, "regressed": bool(worse_by > limit)})
@@ -106,7 +108,8 @@ def worst_rows(results: pd.DataFrame, metric: str = REPORT_METRIC, count: int = 
     if metric not in frame:
         frame[metric] = np.nan
     value = pd.to_numeric(frame[metric], errors="coerce")
-    badness = -value if direction(metric) == "higher" else value
+    way = direction(metric)
+    badness = -value if way == "higher" else (value.abs() if way == "abs_lower" else value)
     frame["_failed"] = (frame["status"] != "ok") if "status" in frame else False
     frame["_bad"] = badness.fillna(np.inf)
     frame = frame.sort_values(["_failed", "_bad"], ascending=[False, False]).head(count)

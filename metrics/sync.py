@@ -25,8 +25,9 @@ Method (validated on the real talking clip in ../shared/media, see tests/metrics
    lag; the product gives <= 0.45x on the five unrelated speech clips here (a thin margin, measured on
    one real video: treat single-video confidences as noisy, run averages as meaningful).
 
-Limits: needs >= 2 s with a face on at least half the frames; the natural lead was calibrated on one
-clip; offsets beyond +-15 frames are not searched.
+Limits: needs >= 2 s with a face on at least half the frames and >= ~2.2 fps (below ~4.4 fps only the
+1-6 Hz filter fits under the frame rate's Nyquist); the natural lead was calibrated on one clip; offsets
+beyond +-15 frames are not searched.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ def frame_mel_energies(audio: np.ndarray, sample_rate: int, fps: float, num_fram
     n_fft = config.fft_size * sample_rate // 16000
     hop = sample_rate / fps
     centres = (np.arange(num_frames) * hop + hop / 2).astype(np.int64)
-    padded = np.pad(audio.astype(np.float64), (n_fft // 2, n_fft))
+    # frames past the audio's end (a rendered video can outrun its speech by a frame) read silence
+    right = max(n_fft, int(centres.max(initial=0)) + n_fft - len(audio))
+    padded = np.pad(audio.astype(np.float64), (n_fft // 2, right))
     windows = padded[centres[:, None] + np.arange(n_fft)[None, :]]  # (F, n_fft): centre at index n_fft//2
     power = np.abs(np.fft.rfft(windows * np.hanning(n_fft), axis=1)) ** 2
     return power @ mel_filterbank(n_fft, sample_rate, config.mel_bands, config.fmin_hz, config.fmax_hz).T
@@ -93,7 +96,6 @@ def jaw_opening(landmarks: np.ndarray) -> np.ndarray:
 
 
 def _bandpass(x: np.ndarray, lo_hz: float, hi_hz: float, fps: float) -> np.ndarray:
-    hi_hz = min(hi_hz, 0.45 * fps)
     b, a = scipy.signal.butter(2, [lo_hz / (fps / 2), hi_hz / (fps / 2)], "band")
     return scipy.signal.filtfilt(b, a, x - x.mean(), padlen=min(3 * max(len(a), len(b)), len(x) - 1))
 
@@ -108,6 +110,8 @@ def _fill_missing(x: np.ndarray) -> np.ndarray:
 
 def _lagged_corr(visual: np.ndarray, audio: np.ndarray, voiced: np.ndarray, lag: int) -> float:
     n = len(visual)
+    if abs(lag) >= n:  # no overlap (short low-fps videos); slicing would wrap around
+        return np.nan
     if lag >= 0:  # audio at t + lag pairs with the video at t: audio lags by `lag`
         v, a, g = visual[:n - lag], audio[lag:], voiced[lag:]
     else:
@@ -121,10 +125,16 @@ def _lagged_corr(visual: np.ndarray, audio: np.ndarray, voiced: np.ndarray, lag:
 def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float,
                  config: SyncConfig = SyncConfig()) -> SyncResult | None:
     """Sync of `landmarks` (F, 68, 2; NaN rows where no face) with `audio`; None when not measurable
-    (fewer than 2 s of frames, under half the frames with a face, or silent audio)."""
+    (fewer than 2 s of frames, under half the frames with a face, silent audio, or a frame rate too low
+    for every syllable-rate filter)."""
     num_frames = len(landmarks)
     face = np.isfinite(landmarks).all(axis=(1, 2))
     if num_frames < 2 * fps or face.mean() < 0.5 or audio is None or not np.any(audio):
+        return None
+    # each filter capped below the frame rate's Nyquist; under ~4.4 fps the 2-8 Hz one is empty, under ~2.2 all
+    filters = [(lo, min(hi, 0.45 * fps)) for lo, hi in config.syllable_filters_hz]
+    filters = [(lo, hi) for lo, hi in filters if hi > lo]
+    if not filters:
         return None
     jaw = _fill_missing(jaw_opening(landmarks))
     mel = frame_mel_energies(audio, sample_rate, fps, num_frames, config)
@@ -135,7 +145,7 @@ def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps
     curves = []
     for lo, hi in config.band_ranges:
         band = np.log(mel[:, lo:hi].sum(1) + 1e-10)
-        for f_lo, f_hi in config.syllable_filters_hz:
+        for f_lo, f_hi in filters:
             v, a = _bandpass(jaw, f_lo, f_hi, fps), _bandpass(band, f_lo, f_hi, fps)
             curves.append([_lagged_corr(v, a, voiced, int(lag)) for lag in lags])
     curve = np.nanmean(np.array(curves, dtype=np.float64), axis=0)

@@ -358,6 +358,7 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
               step_offset: int, frames_per_step: int, deadline: float | None) -> int:
     """Optimise `module` from local step `first_step` to `last_step`; returns the local step reached."""
     import deepspeed
+    import torch.distributed as dist
 
     total = last_step
     optimizer = torch.optim.AdamW(params, lr=peak_lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
@@ -399,6 +400,11 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
                      ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in values.items()))
             running, window_start, window_frames, window_steps = {}, time.monotonic(), 0, 0
         timed_out = deadline is not None and time.monotonic() > deadline
+        if deadline is not None and dist.is_initialized() and dist.get_world_size() > 1:
+            # every rank stops at the same step, or the ones still stepping wait forever in a collective
+            flag = torch.tensor([float(timed_out)], device=engine.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            timed_out = bool(flag.item())
         if rank == 0 and (global_step % config.checkpoint_every == 0 or step == last_step or timed_out):
             state = TrainerState(stage=stage, step=global_step, optimizer=optimizer.state_dict(),
                                  scheduler=scheduler.state_dict(),

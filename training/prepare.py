@@ -92,10 +92,10 @@ class VideoToShard:
                 fs, path = fsspec.core.url_to_fs(uri)
                 fs.get_file(path, local)
             video = read_video(local.removeprefix("file://"))
+        if video.audio is None or len(video.audio) == 0:  # read_video gives None without an audio stream
+            raise ValueError(f"{uri}: the video has no audio track")
         if video.sample_rate != AUDIO_SAMPLE_RATE:
             raise ValueError(f"{uri}: audio decoded at {video.sample_rate} Hz, expected {AUDIO_SAMPLE_RATE}")
-        if len(video.audio) == 0:
-            raise ValueError(f"{uri}: the video has no audio track")
         # frame picking to the training fps (nearest source frame for each target time)
         duration = len(video.frames) / video.fps
         count = int(duration * self.fps)

@@ -7,7 +7,7 @@ import pytest
 from scipy.io import wavfile
 
 from media import load_audio, read_video
-from metrics.sync import measure_sync
+from metrics.sync import frame_mel_energies, measure_sync
 from metrics.video import track_landmarks
 
 SAMPLE_RATE = 16000
@@ -79,3 +79,26 @@ def test_sync_holds_at_the_tiny_models_128px_output_size(talking):
     landmarks = track_landmarks(small)
     assert abs(measure_sync(landmarks, clip.audio, SAMPLE_RATE, clip.fps).offset_frames) <= 1
     assert abs(measure_sync(landmarks, delayed(clip.audio, 5, clip.fps), SAMPLE_RATE, clip.fps).offset_frames - 5) <= 1
+
+
+def test_a_video_running_whole_frames_past_its_audio_reads_silence_there(talking):
+    clip, _ = talking
+    fps, frames = 10.0, 30
+    audio = clip.audio[:int((frames - 1.5) * SAMPLE_RATE / fps)]  # the last frame's centre 1 frame past the end
+    mel = frame_mel_energies(audio, SAMPLE_RATE, fps, frames)
+    assert mel.shape == (frames, 20)
+    assert np.all(mel[-1] == 0) and mel[:10].sum() > 0
+
+
+def test_sync_at_frame_rates_too_low_for_the_syllable_bands(talking):
+    clip, landmarks = talking
+    low = measure_sync(landmarks[:192:6], clip.audio, SAMPLE_RATE, clip.fps / 6)  # 4.2 fps: only the 1-6 Hz band fits
+    assert low is not None and np.isfinite(low.offset_frames)
+    assert measure_sync(landmarks[:192:12], clip.audio, SAMPLE_RATE, clip.fps / 12) is None  # 2.1 fps: no band fits
+
+
+def test_sync_of_a_short_video_shorter_than_the_lag_search(talking):
+    clip, landmarks = talking
+    fps = clip.fps / 5
+    short = landmarks[:60:5]  # 12 frames at 5 fps: lags of +-12..15 frames leave no overlap
+    assert measure_sync(short, clip.audio[:int(len(short) / fps * SAMPLE_RATE)], SAMPLE_RATE, fps) is None

@@ -46,3 +46,13 @@ def test_an_empty_folder_is_refused_with_the_cause(tmp_path):
         list_videos(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no such folder"):
         list_videos(str(tmp_path / "missing"))
+
+
+def test_a_video_without_an_audio_track_is_refused_with_the_cause(shared_media, tmp_path):
+    from training.prepare import VideoToShard
+
+    silent = tmp_path / "silent.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(shared_media / "video" / "talking_512px_8s.mp4"),
+                    "-t", "1", "-an", "-c:v", "libx264", str(silent)], check=True)
+    with pytest.raises(ValueError, match="silent.mp4: the video has no audio track"):
+        VideoToShard(str(tmp_path / "shards"), image_size=128, fps=25.0, clip_frames=25).video_clips(str(silent))
