@@ -369,7 +369,14 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
     rank = engine.global_rank
     if resume_state is not None:
         if resume_state.stage == stage:
-            optimizer.load_state_dict(resume_state.optimizer)
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            if engine.zero_optimization_stage() > 0 and world > 1:
+                # ZeRO splits the optimizer's moments across ranks and only rank 0 writes checkpoints:
+                # restoring its part on every rank would be wrong, so the moments start again
+                log.warning("resuming under ZeRO %d on %d ranks: the optimizer's moments restart",
+                            engine.zero_optimization_stage(), world)
+            else:
+                optimizer.load_state_dict(resume_state.optimizer)
             scheduler.load_state_dict(resume_state.scheduler)
         restore_rng(resume_state, sampler, rank, config.seed)
     dtype = next(engine.module.parameters()).dtype
