@@ -25,5 +25,7 @@ def load_image(path: str | Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except MediaError:
         raise
+    except Image.DecompressionBombError as e:  # Pillow's own limit, hit in open() before ours: not an OSError
+        raise MediaError(f"{path}: image too large ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise MediaError(f"{path}: corrupt or unsupported image ({e})") from None

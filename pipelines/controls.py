@@ -37,7 +37,10 @@ def _parse_cell(value, column: str, index: int) -> float:
             value = float(value)
         except ValueError:
             raise ControlTrackError(f"column {column!r}, entry {index}: {value!r} is not a number") from None
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):  # a JSON object or list in a cell
+        raise ControlTrackError(f"column {column!r}, entry {index}: {value!r} is not a number") from None
     if not math.isfinite(value):
         raise ControlTrackError(f"column {column!r}, entry {index}: {value} (NaN/inf are not allowed; leave the cell empty for 'absent')")
     return value

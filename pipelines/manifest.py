@@ -7,17 +7,19 @@ A manifest is JSONL, CSV or Parquet (by extension), local or in object storage, 
     audio            URI of WAV / FLAC / MP3 / M4A / AAC / OGG speech
     controls         optional URI of a control track (CSV / JSON / Parquet), see pipelines/controls.py
     fps              optional frames per second (default 25)
-    seed             optional integer
+    seed             optional integer in [0, 2**63)
     reference_video  optional URI of a ground-truth video, for reference metrics
-    anything else    free-form tags (language, speaker, ...), carried into the results as strings
+    anything else    free-form tags (language, speaker, ...), carried into the results as strings; a results
+                     column's name (status, error, frames, run_id, a metric, ...) is refused for the whole manifest
 
 Relative URIs are resolved against the manifest's own folder. Row problems found here (missing id,
-unsafe or duplicate id, bad fps) fail that row only; files are opened later, per row, by the asset stage.
+unsafe or duplicate id, bad fps or seed) fail that row only; files are opened later, per row, by the asset stage.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -32,6 +34,10 @@ URI_COLUMNS = ("portrait", "audio", "controls", "reference_video")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_FPS = 25.0
 FPS_RANGE = (1.0, 60.0)
+SEED_RANGE = (0, 2**63)  # [low, high): a seed travels as an Arrow int64 through Ray Data
+# columns the pipeline adds to each row (pipelines/stages.py); besides these, every results column is reserved
+PIPELINE_COLUMNS = ("row", "tags", "output_root", "num_frames", "load_s", "upload_s", "engine", "portrait_rgb",
+                    "audio_pcm", "controls_json")
 
 
 class ManifestError(ValueError):
@@ -66,7 +72,12 @@ def read_manifest(uri: str, options: storage.StorageOptions | None = None) -> pd
     name = uri.lower()
     try:
         if name.endswith((".jsonl", ".ndjson", ".json")):
-            df = pd.read_json(io.BytesIO(data), lines=not name.endswith(".json"), dtype=False)
+            # values as written: pandas' own reader turns a numeric id column with a gap into floats (1 -> "1.0")
+            if name.endswith(".json"):
+                records = json.loads(data)
+            else:
+                records = [json.loads(line) for line in data.splitlines() if line.strip()]
+            df = pd.DataFrame(records, dtype=object)
         elif name.endswith(".csv"):
             df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
         elif name.endswith(".parquet"):
@@ -85,6 +96,13 @@ def read_manifest(uri: str, options: storage.StorageOptions | None = None) -> pd
     return df
 
 
+def reserved_columns() -> set[str]:
+    """Names a manifest's free-form tag columns may not take: results columns and the pipeline's own."""
+    from metrics.schema import BASE_COLUMNS, METRIC_COLUMNS
+
+    return (set(BASE_COLUMNS) | set(METRIC_COLUMNS) | set(PIPELINE_COLUMNS)) - set(REQUIRED + OPTIONAL)
+
+
 def _text(value) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -96,6 +114,9 @@ def validate_rows(df: pd.DataFrame, manifest_uri: str) -> tuple[list[ManifestRow
     """Split rows into valid ones and failures, each failure naming the row and the cause."""
     rows, failures, seen = [], [], {}
     tag_columns = [c for c in df.columns if c not in REQUIRED + OPTIONAL]
+    reserved = sorted(set(tag_columns) & reserved_columns())
+    if reserved:  # they would clash with the result columns of the same name, after everything was rendered
+        raise ManifestError(f"{manifest_uri}: manifest column(s) {reserved} are reserved for results; rename them")
     for i, record in enumerate(df.to_dict("records")):
         rid = _text(record.get("id")) or ""
 
@@ -122,8 +143,11 @@ def validate_rows(df: pd.DataFrame, manifest_uri: str) -> tuple[list[ManifestRow
         try:
             fps = float(_text(record.get("fps")) or DEFAULT_FPS)
             seed = int(float(_text(record.get("seed")) or 0))
-        except ValueError as e:
-            fail(f"fps/seed must be numbers ({e})")
+        except (ValueError, OverflowError) as e:  # int(float("1e400")) overflows
+            fail(f"fps/seed must be finite numbers ({e})")
+            continue
+        if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
+            fail(f"seed {seed} outside [0, 2**63)")
             continue
         if not (FPS_RANGE[0] <= fps <= FPS_RANGE[1]):
             fail(f"fps {fps} outside {FPS_RANGE}")

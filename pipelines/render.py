@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import subprocess
 import time
 import uuid
@@ -158,9 +159,9 @@ def run_render(config: RenderConfig) -> RenderOutcome:
     run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     try:
         manifest = read_manifest(config.manifest_uri, options)
+        rows, failures = validate_rows(manifest, config.manifest_uri)
     except ManifestError as e:
         raise ConfigError(str(e)) from None
-    rows, failures = validate_rows(manifest, config.manifest_uri)
     tag_columns = sorted({k for r in rows for k in r.tags})
     done = previous_results(rows, config, run_id, options)
     todo = [r for r in rows if r.id not in done]
@@ -204,7 +205,8 @@ def run_render(config: RenderConfig) -> RenderOutcome:
         rendered = list(ds.iter_rows())
         stage_s["pipeline"] = time.perf_counter() - t0
         for key in ("load_s", "render_s", "encode_s", "upload_s", "metrics_s"):
-            stage_s[key.removesuffix("_s")] = float(sum(r.get(key) or 0.0 for r in rendered))
+            # a batch of ok and failed rows holds NaN where a failed row has no figure: skip those
+            stage_s[key.removesuffix("_s")] = float(sum(v for r in rendered if (v := r.get(key)) and not math.isnan(v)))
 
     records = []
     by_row = {}
@@ -246,7 +248,11 @@ class storage_local_checkpoint:
         import tempfile
 
         self.tmp = tempfile.TemporaryDirectory()
-        return storage.fetch_dir(self.uri, Path(self.tmp.name), self.options)
+        try:
+            return storage.fetch_dir(self.uri, Path(self.tmp.name), self.options)
+        except FileNotFoundError:  # a missing remote checkpoint is a usage error (exit 2), like a missing local one
+            self.tmp.cleanup()
+            raise ConfigError(f"checkpoint not found: {self.uri}") from None
 
     def __exit__(self, *exc) -> None:
         self.tmp.cleanup()
@@ -269,7 +275,8 @@ def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, cfg, model
         mlflow.set_tags({"eartalk.job": "render", "eartalk.results_uri": results_uri,
                          "eartalk.output_uri": config.output_uri, "eartalk.manifest_uri": config.manifest_uri,
                          "eartalk.model_version": model_version, "eartalk.run_id": run_id, **config.mlflow_tags})
-        render_s = float(results["render_s"].fillna(0).sum())
+        # the rows rendered by this run only, as `frames` counts (skipped rows keep an earlier run's render_s)
+        render_s = float(results.loc[results["status"] == "ok", "render_s"].fillna(0).sum())
         metrics = {"rows_ok": counts["ok"], "rows_failed": counts["failed"], "rows_skipped": counts["skipped"],
                    "frames": frames, "wall_s": wall_s, "frames_per_s": frames / wall_s if wall_s else 0.0,
                    "render_frames_per_s": frames / render_s if render_s else 0.0,

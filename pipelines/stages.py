@@ -68,6 +68,9 @@ def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions) 
         out.update(status="failed", error=short_error(stage, row, e))
     except (MediaError, ControlTrackError, OSError) as e:
         out.update(status="failed", error=short_error(stage, row, e))
+    except Exception as e:  # anything unforeseen in one row's inputs fails that row, not the job
+        out.update(status="failed", error=short_error(stage, row, f"{type(e).__name__}: {e}"))
+        traceback.print_exc()
     else:
         out.update(portrait_rgb=aligned.image.tobytes(), audio_pcm=audio.astype(np.float32).tobytes(),
                    controls_json=json.dumps(controls), num_frames=num_frames)
@@ -107,23 +110,36 @@ class RenderActor:
         return pd.DataFrame(rows)
 
     def render(self, rows: list[dict]) -> None:
+        """Render rows together; when that fails, render each alone, so only the guilty row fails."""
+        try:
+            self.render_together(rows)
+        except Exception as e:  # a render crash fails its row, not the job
+            traceback.print_exc()
+            if len(rows) == 1:
+                rows[0].update(status="failed", error=short_error("render", rows[0], f"{type(e).__name__}: {e}"))
+            else:  # one row's bad input breaks its whole batch: find it by rendering the rows apart
+                for r in rows:
+                    self.render([r])
+
+    def render_together(self, rows: list[dict]) -> None:
+        """One batched stream for all rows; raises if it fails. A row whose encode or upload fails fails alone."""
         import torch
 
         from media import Mp4Writer
         from model import RenderRequest
 
         requests, writers, paths = [], [], []
-        for r in rows:
-            portrait = np.frombuffer(r["portrait_rgb"], np.uint8).reshape(self.size, self.size, 3)
-            audio = np.frombuffer(r["audio_pcm"], np.float32)
-            controls = {k: torch.tensor([np.nan if v is None else v for v in t], dtype=torch.float32)
-                        for k, t in json.loads(r["controls_json"] or "{}").items()}
-            requests.append(RenderRequest(torch.from_numpy(portrait.copy()).permute(2, 0, 1).float() / 255.0,
-                                          torch.from_numpy(audio.copy()), float(r["fps"]), controls or None, int(r["seed"])))
-            paths.append(self.workdir / f"{r['id']}.mp4")
-            writers.append(Mp4Writer(paths[-1], float(r["fps"])))
-        render_s, encode_s = 0.0, [0.0] * len(rows)
         try:
+            for r in rows:
+                portrait = np.frombuffer(r["portrait_rgb"], np.uint8).reshape(self.size, self.size, 3)
+                audio = np.frombuffer(r["audio_pcm"], np.float32)
+                controls = {k: torch.tensor([np.nan if v is None else v for v in t], dtype=torch.float32)
+                            for k, t in json.loads(r["controls_json"] or "{}").items()}
+                requests.append(RenderRequest(torch.from_numpy(portrait.copy()).permute(2, 0, 1).float() / 255.0,
+                                              torch.from_numpy(audio.copy()), float(r["fps"]), controls or None, int(r["seed"])))
+                paths.append(self.workdir / f"{r['id']}.mp4")
+                writers.append(Mp4Writer(paths[-1], float(r["fps"])))
+            render_s, encode_s = 0.0, [0.0] * len(rows)
             t0 = time.perf_counter()
             for t, frames in enumerate(self.generator.stream(requests)):
                 images = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -137,16 +153,16 @@ class RenderActor:
                     encode_s[i] += (t0 - t1) / len(rows)
             total_frames = sum(r["num_frames"] for r in rows)
             for i, r in enumerate(rows):
-                t1 = time.perf_counter()
-                writers[i].close(np.frombuffer(r["audio_pcm"], np.float32))
-                encode_s[i] += time.perf_counter() - t1
-                self.publish(r, paths[i], render_s * r["num_frames"] / total_frames, encode_s[i])
-        except Exception as e:  # a render/encode crash fails these rows, not the job
-            for i, r in enumerate(rows):
-                if r["status"] == "pending":
-                    r.update(status="failed", error=short_error("render", r, f"{type(e).__name__}: {e}"))
-            traceback.print_exc()
+                try:
+                    t1 = time.perf_counter()
+                    writers[i].close(np.frombuffer(r["audio_pcm"], np.float32))
+                    encode_s[i] += time.perf_counter() - t1
+                    self.publish(r, paths[i], render_s * r["num_frames"] / total_frames, encode_s[i])
+                except Exception as e:  # this row's encode/upload failed; the rows beside it are fine
+                    r.update(status="failed", error=short_error("encode/publish", r, f"{type(e).__name__}: {e}"))
+                    traceback.print_exc()
         finally:
+            # unlinked before any retry, so an abandoned writer can only write to its own orphaned file
             for p in paths:
                 p.unlink(missing_ok=True)
 

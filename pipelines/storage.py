@@ -77,7 +77,11 @@ def resolve(uri: str, base: str) -> str:
     """A manifest's relative path resolved against the manifest's own folder (absolute URIs unchanged)."""
     if "://" in uri or uri.startswith("/"):
         return uri
-    return join(posixpath.dirname(base), uri) if "://" in base else str(Path(base).resolve().parent / uri)
+    if "://" not in base:
+        return str(Path(base).resolve().parent / uri)
+    protocol, path = base.split("://", 1)
+    # object keys are literal ('m/../a' is not 'a'): fold '..' and '.' away here
+    return f"{protocol}://{posixpath.normpath(posixpath.join(posixpath.dirname(path), uri))}"
 
 
 def exists(uri: str, options: StorageOptions | None = None) -> bool:

@@ -90,3 +90,19 @@ def test_mp4_writer_refuses_an_empty_video_and_probe_names_bad_files(tmp_path):
         probe_video(bogus)
     with pytest.raises(MediaError, match="bogus.mp4: unreadable video"):
         read_video(bogus)
+
+
+def test_load_image_refuses_a_decompression_bomb_as_too_large(tmp_path):
+    """Regression: Pillow's DecompressionBombError (not an OSError) escaped load_image and aborted the render job."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    # a real PNG header announcing 20000 x 10000 RGB pixels: past Pillow's own limit, refused in Image.open
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20_000, 10_000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(MediaError, match="bomb.png: image too large"):
+        load_image(bomb)

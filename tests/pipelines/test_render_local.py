@@ -131,3 +131,44 @@ def test_unreadable_manifest_is_a_usage_error(tmp_path, random_tiny_checkpoint):
     bad = tmp_path / "m.jsonl"
     bad.write_text("{not json\n")
     assert render_main([str(bad), "--output", str(tmp_path / "o"), "--checkpoint", str(random_tiny_checkpoint)]) == 2
+
+
+@pytest.fixture(scope="module")
+def resumed_run(inputs, astronaut_png, tmp_path_factory, random_tiny_checkpoint, ray_local):
+    """Run 'part': one good row batched with a failed one; then resumed with one more good row (one skipped)."""
+    d = tmp_path_factory.mktemp("resume")
+    good = {"portrait": str(astronaut_png), "audio": str(inputs.parent / "speech.wav")}
+    tracking = f"sqlite:///{d / 'mlflow.db'}"
+    args = ["--output", str(d / "render"), "--run-id", "part", "--checkpoint", str(random_tiny_checkpoint),
+            "--tracking-uri", tracking, "--no-metrics", "--max-failed-fraction", "1"]
+    first = write_jsonl(d / "first.jsonl", [{"id": "one", **good}, {"id": "gone", **good, "portrait": "nope.png"}])
+    second = write_jsonl(d / "second.jsonl", [{"id": "one", **good}, {"id": "two", **good}])
+    # pandas blocks keep a failed row's missing figures as NaN (Arrow blocks, Ray's default, turn them into nulls)
+    context = ray_local.data.DataContext.get_current()
+    arrow_blocks, context.batch_to_block_arrow_format = context.batch_to_block_arrow_format, False
+    try:
+        assert render_main([str(first), *args]) == 0
+    finally:
+        context.batch_to_block_arrow_format = arrow_blocks
+    assert render_main([str(second), *args]) == 0
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(experiment_names=["eartalk-render"], order_by=["start_time ASC"])
+    return {"runs": runs, "results": results(d / "render", "part")}
+
+
+def test_stage_seconds_stay_finite_when_a_batch_mixes_ok_and_failed_rows(resumed_run):
+    """Regression: a failed row's NaN render_s (pandas blocks) was kept by `r.get(key) or 0.0`: the stage sums were NaN."""
+    first = resumed_run["runs"].iloc[0]
+    assert first["metrics.rows_ok"] == 1 and first["metrics.rows_failed"] == 1
+    for stage in ("load", "render", "encode", "upload"):
+        assert np.isfinite(first[f"metrics.stage_s/{stage}"]), stage
+    assert first["metrics.stage_s/render"] > 0
+
+
+def test_render_rate_of_a_resumed_run_counts_only_rows_rendered_by_it(resumed_run):
+    """Regression: render_frames_per_s divided this run's frames by render_s summed over skipped rows too."""
+    second = resumed_run["runs"].iloc[1]
+    df = resumed_run["results"].set_index("id")
+    assert list(df["status"]) == ["skipped", "ok"]
+    assert second["metrics.frames"] == 50
+    assert second["metrics.render_frames_per_s"] == pytest.approx(50 / df.loc["two", "render_s"])

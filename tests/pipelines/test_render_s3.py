@@ -43,3 +43,14 @@ def test_render_reads_and_writes_everything_through_s3(tmp_path, monkeypatch, s3
         fs.get(f"{s3_bucket}/out/videos/{row_id}.mp4", str(local))
         check_video(local, expected_audio_s=1.2, fps=fps)
     assert not [k for k in fs.find(f"{s3_bucket}/out") if ".tmp-" in k]  # no temporary objects left behind
+
+
+def test_missing_s3_checkpoint_is_a_usage_error(tmp_path, monkeypatch, s3_server, s3_bucket, capsys):
+    """Regression: fetch_dir's FileNotFoundError for a missing remote checkpoint escaped as a traceback, not exit 2."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [{"id": "a", "portrait": "p.png", "audio": "a.wav"}])
+    code = render_main([str(manifest), "--output", str(tmp_path / "out"), "--checkpoint", f"s3://{s3_bucket}/checkpoints/nope",
+                        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert code == 2
+    assert f"checkpoint not found: s3://{s3_bucket}/checkpoints/nope" in capsys.readouterr().err

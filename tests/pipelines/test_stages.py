@@ -1,0 +1,73 @@
+"""The render job's operators called directly (no Ray): one row's failure stays that row's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import storage
+from pipelines.stages import RenderActor, load_assets
+from tests.pipelines.helpers import short_speech
+
+
+def manifest_row(i: int, row_id: str, portrait, audio) -> dict:
+    return {"row": i, "id": row_id, "portrait": str(portrait), "audio": str(audio), "controls": "", "fps": 25.0,
+            "seed": 0, "reference_video": "", "tags": "{}", "output_root": ""}
+
+
+@pytest.fixture(scope="module")
+def actor(tmp_path_factory, random_tiny_checkpoint):
+    out = tmp_path_factory.mktemp("out")
+    return RenderActor(str(random_tiny_checkpoint), str(out), "run", storage.StorageOptions(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory, actor, astronaut_png, speech_wav):
+    """Three real rows through the asset stage: ids a, b, c."""
+    speech = short_speech(speech_wav, tmp_path_factory.mktemp("speech") / "speech.wav", 0.6)
+    rows = [load_assets(manifest_row(i, name, astronaut_png, speech), image_size=actor.size,
+                        options=storage.StorageOptions()) for i, name in enumerate("abc")]
+    assert [r["status"] for r in rows] == ["pending"] * 3
+    return rows
+
+
+def test_a_row_that_breaks_the_batch_fails_alone(actor, loaded):
+    """Regression: one row whose input made stream() raise failed every row of its batch with that row's error."""
+    rows = [dict(r) for r in loaded]
+    rows[1]["controls_json"] = json.dumps({"smile": [0.5] * rows[1]["num_frames"]})  # unknown to the model
+    out = actor(pd.DataFrame(rows)).set_index("id")
+    assert list(out["status"]) == ["ok", "failed", "ok"]
+    assert out.loc["b", "error"].startswith("row 1 (id 'b'), render: ValueError: unknown control 'smile'")
+    videos = storage.join(actor.output_uri, "videos")
+    assert sorted(p.name for p in Path(videos).iterdir()) == ["a.mp4", "c.mp4"]
+
+
+def test_a_failed_publish_fails_that_row_only(actor, loaded, monkeypatch):
+    """Regression: when row i's upload raised, the later rows, rendered fine, were marked failed too."""
+    publish_file = storage.publish_file
+
+    def flaky(local, uri, options=None):
+        if uri.endswith("/a.mp4"):
+            raise OSError("bucket refused the upload")
+        publish_file(local, uri, options)
+
+    monkeypatch.setattr(storage, "publish_file", flaky)
+    out = actor(pd.DataFrame([dict(r) for r in loaded[:2]])).set_index("id")
+    assert out.loc["a", "status"] == "failed" and out.loc["b", "status"] == "ok"
+    assert out.loc["a", "error"] == "row 0 (id 'a'), encode/publish: OSError: bucket refused the upload"
+
+
+def test_an_unexpected_error_while_loading_fails_just_that_row(monkeypatch, astronaut_png, speech_wav):
+    """The asset stage's last resort: an exception no handler names fails the row with its type and message."""
+    import media
+
+    def broken(path):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(media, "load_audio", broken)
+    out = load_assets(manifest_row(4, "e", astronaut_png, speech_wav), image_size=128, options=storage.StorageOptions())
+    assert out["status"] == "failed"
+    assert out["error"] == "row 4 (id 'e'), audio: RuntimeError: decoder exploded"
