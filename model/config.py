@@ -99,7 +99,7 @@ class GeneratorConfig:
 PRESETS: dict[str, GeneratorConfig] = {
     # CPU default: trains on 2 cores in under an hour; 5.7M parameters (23 MB of fp32 safetensors).
     "tiny": GeneratorConfig(),
-    # Paper scale for GPUs: 256x256 frames, 16x16 latent grid of 256 tokens, ~400M parameters.
+    # Paper scale for GPUs: 256x256 frames, 16x16 latent grid of 256 tokens, ~330M parameters.
     "base": GeneratorConfig(
         image_size=256,
         vae_channels=(64, 128, 256, 256),

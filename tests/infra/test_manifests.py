@@ -123,6 +123,11 @@ def test_rayjobs_clean_up_and_run_on_the_shared_cluster_spec(name):
     assert spec["rayClusterSpec"] == one("RayCluster", "k8s/raycluster.yaml")["spec"], \
         f"{name}: its rayClusterSpec drifted from raycluster.yaml"
     assert spec["entrypoint"].strip()
+    # the entrypoint's $VARS expand where it runs: on the head (HTTPMode), whose env comes from the config
+    assert spec.get("submissionMode") == "HTTPMode", f"{name}: a K8sJobMode submitter pod lacks the config env"
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    sources = {ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in head["envFrom"]}
+    assert {"eartalk-config", "eartalk-s3"} <= sources, sources
 
 
 def test_both_nightly_schedules_run_the_same_rayjob_and_never_overlap():
