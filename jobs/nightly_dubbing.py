@@ -10,7 +10,8 @@ On a Ray cluster (what infra/k8s/raycronjob-nightly.yaml runs every night):
         --catalog s3://eartalk-catalog/dubbing --output s3://eartalk-renders --tracking-uri http://mlflow:5000
 
 Exit status: 0 ok (or nothing new), 1 regression against the previous night or failures above
---max-failed-fraction, 2 bad arguments or inputs (a missing catalog, a malformed catalog line, ...).
+--max-failed-fraction, 2 bad arguments or inputs (a missing catalog or checkpoint, a malformed catalog line,
+an unreadable ledger, ...), refused before anything is written where they can be checked up front.
 Re-running the same --date resumes and never renders a pair twice (see nightly/runner.py).
 """
 
@@ -42,6 +43,28 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _count(minimum: int):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {number}")
+        return number
+    return parse
+
+
+def _non_negative(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {value!r}") from None
+    if not number >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eartalk nightly", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,14 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns)")
     parser.add_argument("--experiment", default="eartalk-nightly", help="MLflow experiment of the night runs")
     parser.add_argument("--checkpoint", help="model checkpoint URI (default: the render job's shipped one)")
-    parser.add_argument("--actors", type=int, help="render actors (default: the render job's)")
-    parser.add_argument("--gpus-per-actor", type=float, help="GPUs per render actor (default: the render job's)")
+    parser.add_argument("--actors", type=_count(1), help="render actors (default: the render job's)")
+    parser.add_argument("--gpus-per-actor", type=_non_negative,
+                        help="GPUs per render actor (default: the render job's)")
     parser.add_argument("--max-failed-fraction", type=_fraction, default=0.05,
                         help="exit 1 when more than this fraction of tonight's rows failed (default 0.05)")
-    parser.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS,
+    parser.add_argument("--max-attempts", type=_count(1), default=DEFAULT_MAX_ATTEMPTS,
                         help="failed renders of the same inputs before they are given up (default %(default)s)")
     parser.add_argument("--baseline", help="MLflow run id to compare with (default: the previous night's run)")
-    parser.add_argument("--report-rows", type=int, default=6, help="worst rows shown in the HTML report")
+    parser.add_argument("--report-rows", type=_count(0), default=6, help="worst rows shown in the HTML report")
     return parser
 
 
@@ -72,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     if not exists(args.catalog):
         print(f"eartalk nightly: catalog {args.catalog} does not exist", file=sys.stderr)
         return 2
+    from model import CheckpointError  # imports torch: after the cheap checks
+    from pipelines.render import ConfigError, resolve_checkpoint
+
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)  # ConfigError when the shipped default is missing
+    except ConfigError as error:
+        print(f"eartalk nightly: {error}", file=sys.stderr)
+        return 2
+    if not exists(checkpoint):
+        print(f"eartalk nightly: checkpoint {checkpoint} does not exist", file=sys.stderr)
+        return 2
     config = NightlyConfig(
         catalog_uri=args.catalog, output_uri=args.output, night=args.date, tracking_uri=args.tracking_uri,
         experiment=args.experiment, checkpoint=args.checkpoint, actors=args.actors,
@@ -81,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
              config.night_uri, config.tracking_uri or "default", config.checkpoint or "default")
     try:
         outcome = run_nightly(config)
-    except (CatalogError, LedgerError) as error:
+    except (CatalogError, LedgerError, ConfigError, CheckpointError) as error:  # a bad catalog, ledger, checkpoint
         print(f"eartalk nightly: {error}", file=sys.stderr)
         return 2
     print(summary_text(outcome))

@@ -10,14 +10,19 @@ On a cluster (loopback here; use your head's dashboard address):
 
 S3 endpoint and credentials come from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
 --s3-endpoint) and are never logged. Exit codes: 0 all rows ok (or failures within
---max-failed-fraction), 1 failures beyond it, 2 usage or configuration errors.
+--max-failed-fraction), 1 failures beyond it, 2 usage or configuration errors. With --gpus-per-actor
+and no GPU in the cluster yet, a KubeRay cluster is left to autoscale its GPU workers up from 0 (see
+gpu_shortfall); a machine without GPUs or an autoscaler is refused with 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+log = logging.getLogger("eartalk.render")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
             if not ray.is_initialized():
                 ray.init()
-            if ray.cluster_resources().get("GPU", 0) < args.gpus_per_actor:
-                raise ConfigError(f"--gpus-per-actor {args.gpus_per_actor} but the Ray cluster has "
-                                  f"{ray.cluster_resources().get('GPU', 0)} GPUs")
+            problem = gpu_shortfall(args.gpus_per_actor)
+            if problem:
+                raise ConfigError(problem)
         print(f"eartalk render: manifest={config.manifest_uri} output={config.output_uri} "
               f"run_id={config.run_id or '(new)'} checkpoint={config.checkpoint or '(shipped default)'} "
               f"actors={config.actors} gpus_per_actor={config.gpus_per_actor}", flush=True)
@@ -70,6 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.exit_code:
         print(f"eartalk render: failed rows exceed --max-failed-fraction {config.max_failed_fraction}", file=sys.stderr)
     return outcome.exit_code
+
+
+def gpu_shortfall(gpus_per_actor: float) -> str | None:
+    """Why no actor with `gpus_per_actor` GPUs can ever start on the connected cluster, or None.
+
+    GPUs the cluster has now are enough. Under KubeRay the GPU worker group starts at 0 replicas and its
+    autoscaler adds nodes while the actors wait, so there a shortfall is only a warning; a machine that
+    neither has the GPUs nor runs under KubeRay is refused.
+    """
+    import ray
+
+    has = ray.cluster_resources().get("GPU", 0)
+    if has >= gpus_per_actor:
+        return None
+    if os.environ.get("RAY_USAGE_STATS_KUBERAY_IN_USE") == "1":  # set by KubeRay in every Ray container
+        log.warning("the cluster has %g GPUs now; waiting for KubeRay's autoscaler to add GPU workers (a cluster "
+                    "without autoscaling never will: stop the job and pass --gpus-per-actor 0)", has)
+        return None
+    return (f"--gpus-per-actor {gpus_per_actor:g} but the Ray cluster has {has:g} GPUs and no autoscaler to add "
+            f"any (use --gpus-per-actor 0 for CPU actors)")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ On a Ray cluster (one GPU worker; the job builds the synthetic data set on the w
 
 Several GPUs on one node, through the DeepSpeed launcher (each rank draws its own batches):
 
-    deepspeed --num_gpus 8 -m jobs.train --dataset /data/shards --output s3://bucket/runs/base-002 \\
+    deepspeed --num_gpus 8 --module jobs.train --dataset /data/shards --output s3://bucket/runs/base-002 \\
         --deepspeed-config configs/train/gpu_bf16_zero2.json
 
 `--dataset` is `synthetic` (built under OUTPUT/dataset, deterministic from --seed) or a shard
-folder written by training.prepare / an earlier synthetic build.
+folder written by training.prepare / an earlier synthetic build. The launcher passes each process
+`--local_rank=N`; it is accepted and ignored, since the rank comes from its LOCAL_RANK/RANK environment.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=None, help="stop stage 2 after this wall time")
     p.add_argument("--synthetic-clips", type=int, default=192, help="clips in a synthetic data set")
     p.add_argument("--install", default=None, help="also copy the final checkpoint to this local folder")
+    # passed by the DeepSpeed launcher to every process; the rank is read from LOCAL_RANK/RANK instead
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -84,9 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from training.checkpointing import copy_checkpoint
+    from model import PRESETS
     from training.loops import DEFAULT_DEEPSPEED_CONFIG, TrainConfig, train
 
-    # preflight: fail fast on inputs that cannot work
+    # preflight: fail fast on inputs that cannot work, before anything is written
+    if args.preset not in PRESETS:
+        print(f"eartalk train: unknown --preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}",
+              file=sys.stderr)
+        return 2
+    for name, value, lower in (("--steps", args.steps, 0), ("--vae-steps", args.vae_steps, 0),
+                               ("--checkpoint-every", args.checkpoint_every, 1),
+                               ("--batch-clips", args.batch_clips, 1), ("--vae-batch-frames", args.vae_batch_frames, 1),
+                               ("--clip-frames", args.clip_frames, 2), ("--synthetic-clips", args.synthetic_clips, 1)):
+        if value < lower:
+            print(f"eartalk train: {name} must be >= {lower}, got {value}", file=sys.stderr)
+            return 2
     ds_config = Path(args.deepspeed_config or DEFAULT_DEEPSPEED_CONFIG)
     if not ds_config.is_file():
         print(f"eartalk train: DeepSpeed config {ds_config} does not exist", file=sys.stderr)

@@ -22,6 +22,11 @@ A catalog is a folder (local path or s3:// prefix) in one of two layouts.
 Each pair gets a content hash (SHA-256 over the bytes of its portrait, audio and controls, plus fps and
 seed), which is what the ledger keys on: an unchanged pair is never rendered twice, and a pair whose
 portrait, track or controls changed is rendered again.
+
+Problems of one item or pair (a file listed but missing, two portraits, a control track without audio, a
+folder name unsafe for file names) do not stop the night: such a pair carries its `problem`, naming the
+item, and the nightly records it as failed without rendering it. Problems of the catalog as a whole (no
+such folder, a malformed catalog.jsonl line, a pair listed twice) raise CatalogError.
 """
 
 from __future__ import annotations
@@ -64,15 +69,22 @@ class CatalogPair:
     fps: float = DEFAULT_FPS  # frames per second of the rendered video
     seed: int = DEFAULT_SEED
     tags: dict[str, str] = field(default_factory=dict)
+    problem: str | None = None  # why this pair cannot render (naming its item); None: it can
 
     @property
     def pair_id(self) -> str:
         return f"{self.item}/{self.language}"
 
 
-def _check_name(kind: str, value: str, where: str) -> str:
+def _name_problem(kind: str, value: str, where: str) -> str | None:
     if not isinstance(value, str) or not _SAFE_NAME.match(value):
-        raise CatalogError(f"{where}: {kind} {value!r} must match {_SAFE_NAME.pattern} (it names files and runs)")
+        return f"{where}: {kind} {value!r} must match {_SAFE_NAME.pattern} (it names files and runs)"
+    return None
+
+
+def _check_name(kind: str, value: str, where: str) -> str:
+    if problem := _name_problem(kind, value, where):
+        raise CatalogError(problem)
     return value
 
 
@@ -95,7 +107,6 @@ def _read_folder_catalog(catalog_uri: str) -> list[CatalogPair]:
         item_path = entry["name"].rstrip("/")
         item = posixpath.basename(item_path)
         where = storage.full_uri(fs, item_path)
-        _check_name("item", item, where)
         files = {posixpath.relpath(p, item_path): p for p in fs.find(item_path)}
         portraits = [p for rel, p in files.items() if "/" not in rel and rel.lower().startswith("portrait.")
                      and rel.lower().endswith(PORTRAIT_EXTENSIONS)]
@@ -105,18 +116,23 @@ def _read_folder_catalog(catalog_uri: str) -> list[CatalogPair]:
                     if rel.startswith("controls/") and rel.count("/") == 1 and rel.lower().endswith(CONTROL_EXTENSIONS)}
         if not audio:
             continue  # an item without dubbed tracks yet has nothing to render tonight
-        if len(portraits) != 1:
-            raise CatalogError(f"{where}: expected exactly one portrait.{{jpg,jpeg,png,webp}}, found {len(portraits)}")
-        orphans = sorted(set(controls) - set(audio))
-        if orphans:
-            raise CatalogError(f"{where}: control tracks {orphans} have no audio track of the same language")
+        # a problem of the item fails its pairs only (see the module docstring)
+        problem = _name_problem("item", item, where) or (
+            None if len(portraits) == 1 else
+            f"{where}: expected exactly one portrait.{{jpg,jpeg,png,webp}}, found {len(portraits)}")
+        portrait = storage.full_uri(fs, portraits[0]) if len(portraits) == 1 else ""
         for language in sorted(audio):
-            _check_name("language", language, f"{where}/audio")
             pairs.append(CatalogPair(
-                item=item, language=language,
-                portrait=storage.full_uri(fs, portraits[0]),
+                item=item, language=language, portrait=portrait,
                 audio=storage.full_uri(fs, audio[language]),
                 controls=storage.full_uri(fs, controls[language]) if language in controls else None,
+                problem=problem or _name_problem("language", language, f"{where}/audio"),
+            ))
+        for language in sorted(set(controls) - set(audio)):
+            pairs.append(CatalogPair(
+                item=item, language=language, portrait=portrait, audio="",
+                controls=storage.full_uri(fs, controls[language]),
+                problem=f"{where}: control track {language!r} has no audio track of the same language",
             ))
     return pairs
 
@@ -159,8 +175,9 @@ def _read_jsonl_catalog(catalog_uri: str, listing_uri: str) -> list[CatalogPair]
 def read_catalog(catalog_uri: str) -> list[CatalogPair]:
     """All pairs of the catalog at `catalog_uri` (folder convention, or catalog.jsonl when present).
 
-    Raises CatalogError naming the folder/line and the cause: a missing catalog, two portraits in one item,
-    a control track without audio, duplicate pair ids, names unsafe for file names, missing files.
+    Raises CatalogError naming the folder/line and the cause: a missing catalog, a malformed catalog.jsonl
+    line (names unsafe for file names included), duplicate pair ids. Two portraits in one item, a control
+    track without audio and unsafe folder names are the `problem` of the pairs concerned.
     """
     fs, root = storage.filesystem(catalog_uri)
     if not fs.isdir(root):
@@ -198,15 +215,32 @@ class HashedPair:
     audio_sha256: str
     controls_sha256: str | None
     input_hash: str  # over all inputs and the render settings (fps, seed): equal hash, equal video
+    problem: str | None = None  # why the pair cannot render (CatalogPair.problem, or a missing file)
+
+
+def _sha256_or_none(uri: str) -> str | None:
+    try:
+        return file_sha256(uri)
+    except CatalogError:  # the file does not exist: a problem of its pairs only
+        return None
 
 
 def hash_pairs(pairs: list[CatalogPair], threads: int = HASH_THREADS) -> list[HashedPair]:
-    """Content-hash every file of every pair once (a portrait shared by many tracks is read once)."""
-    uris = sorted({u for p in pairs for u in (p.portrait, p.audio, p.controls) if u})
+    """Content-hash every file of every pair once (a portrait shared by many tracks is read once).
+
+    A pair with a problem (its own, or a listed file that does not exist) keeps it, hashed over its pair id
+    and the problem: the ledger counts its failures like a failed render's, and fixing it gives a new hash."""
+    uris = sorted({u for p in pairs if not p.problem for u in (p.portrait, p.audio, p.controls) if u})
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        digests = dict(zip(uris, pool.map(file_sha256, uris)))
+        digests = dict(zip(uris, pool.map(_sha256_or_none, uris)))
     hashed = []
     for p in pairs:
+        problem = p.problem or next((f"{p.pair_id}: {u}: file listed in the catalog does not exist"
+                                     for u in (p.portrait, p.audio, p.controls) if u and digests[u] is None), None)
+        if problem:
+            key = json.dumps({"pair": p.pair_id, "problem": problem}, sort_keys=True)
+            hashed.append(HashedPair(p, "", "", None, hashlib.sha256(key.encode()).hexdigest(), problem))
+            continue
         controls = digests[p.controls] if p.controls else None
         key = json.dumps({"portrait": digests[p.portrait], "audio": digests[p.audio], "controls": controls,
                           "fps": p.fps, "seed": p.seed}, sort_keys=True)

@@ -29,7 +29,7 @@ LEDGER_SCHEMA = pa.schema([
     ("attempt", pa.int32()),           # 1, 2, ... within that night
     ("id", pa.string()),               # manifest row id (videos/<id>.mp4)
     ("output_uri", pa.string()),
-    ("status", pa.string()),           # 'ok' | 'failed' | 'skipped' (from the results Parquet)
+    ("status", pa.string()),           # 'ok' | 'failed' (a render's 'skipped', already published, is 'ok')
     ("error", pa.string()),
     ("model_version", pa.string()),
     ("run_id", pa.string()),           # the render's --run-id
@@ -59,6 +59,7 @@ class Ledger:
         missing = [n for n in LEDGER_SCHEMA.names if n not in table.columns]
         if missing:
             raise LedgerError(f"ledger {uri}: missing columns {missing}")
+        table["status"] = table["status"].replace("skipped", "ok")  # as recorded before that was mapped
         return cls(uri, table)
 
     def rendered_hashes(self) -> set[str]:

@@ -28,7 +28,12 @@ class NightPlan:
 
     @property
     def to_render(self) -> list[HashedPair]:
-        return self.new + self.changed + self.retry
+        return [h for h in self.new + self.changed + self.retry if not h.problem]
+
+    @property
+    def broken(self) -> list[HashedPair]:
+        """Pairs of new, changed or retry that cannot render (catalog problems): recorded as failed."""
+        return [h for h in self.new + self.changed + self.retry if h.problem]
 
     def counts(self) -> dict[str, int]:
         return {"new": len(self.new), "changed": len(self.changed), "retry": len(self.retry),

@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from nightly import tracking
 from nightly.catalog import hash_pairs, read_catalog
 from nightly.ledger import LEDGER_SCHEMA, Ledger
-from nightly.plan import DEFAULT_MAX_ATTEMPTS, manifest_rows, plan_night, write_manifest
+from nightly.plan import DEFAULT_MAX_ATTEMPTS, NightPlan, manifest_rows, plan_night, row_id, write_manifest
 from nightly.report import ReportInputs, metric_columns_of, render_html
 from pipelines import storage
 
@@ -159,13 +159,16 @@ def attempt_results(config: NightlyConfig, attempt: int) -> pd.DataFrame:
 
 def ledger_rows_for(manifest: list[dict], results: pd.DataFrame, config: NightlyConfig, attempt: int,
                     run_id: str, render_mlflow_run: str | None, hashes: dict[str, dict]) -> pd.DataFrame:
-    """One ledger row per manifest row; a row the render left no result for counts as failed."""
+    """One ledger row per manifest row; a row the render left no result for counts as failed. A row the
+    render 'skipped' was published by an earlier try of the same attempt (same run id, resumed after a
+    crash): its video exists, so it is recorded as 'ok', or the next night would render it again."""
     by_id = {r["id"]: r for r in results.to_dict("records")} if not results.empty else {}
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rows = []
     for entry in manifest:
         result = by_id.get(entry["id"], {})
         status = result.get("status") or "failed"
+        status = "ok" if status == "skipped" else status
         rows.append({
             "pair_id": entry["pair_id"], "item": entry["item"], "language": entry["language"],
             "input_hash": entry["input_hash"], **hashes[entry["input_hash"]],
@@ -176,6 +179,16 @@ def ledger_rows_for(manifest: list[dict], results: pd.DataFrame, config: Nightly
             "mlflow_run_id": render_mlflow_run or "", "recorded_at": now,
         })
     return pd.DataFrame(rows, columns=LEDGER_SCHEMA.names)
+
+
+def broken_rows_for(plan: NightPlan, config: NightlyConfig, attempt: int, run_id: str,
+                    hashes: dict[str, dict]) -> pd.DataFrame:
+    """One failed ledger row per pair the catalog says cannot render, its problem as the error."""
+    entries = [{"id": row_id(h), "pair_id": h.pair.pair_id, "item": h.pair.item, "language": h.pair.language,
+                "input_hash": h.input_hash} for h in plan.broken]
+    causes = pd.DataFrame([{"id": e["id"], "status": "failed", "error": h.problem}
+                           for e, h in zip(entries, plan.broken)])
+    return ledger_rows_for(entries, causes, config, attempt, run_id, None, hashes)
 
 
 def _read_manifest(uri: str) -> list[dict]:
@@ -371,8 +384,10 @@ def _trend_png(config: NightlyConfig) -> bytes | None:
 
 
 def run_nightly(config: NightlyConfig) -> NightlyOutcome:
-    if config.tracking_uri:
-        mlflow.set_tracking_uri(config.tracking_uri)
+    # One store for the night, the render and compare: without a URI, MLflow's own (MLFLOW_TRACKING_URI, ...),
+    # resolved here and passed on, since the render would otherwise switch to its default store.
+    config = dataclasses.replace(config, tracking_uri=config.tracking_uri or mlflow.get_tracking_uri())
+    mlflow.set_tracking_uri(config.tracking_uri)
     client = MlflowClient()
 
     # INPUT: the catalog. OUTPUT: tonight's plan (content hashes against the ledger).
@@ -386,22 +401,29 @@ def run_nightly(config: NightlyConfig) -> NightlyOutcome:
     plan = plan_night(hashed, ledger, config.night, config.max_attempts)
     log.info("night %s: %s", config.night, plan.counts())
 
-    # Render what is new, changed or to retry, as one attempt into the night's dated prefix.
+    # Render what is new, changed or to retry, as one attempt into the night's dated prefix; pairs the
+    # catalog says cannot render are recorded as failed in the same attempt, and the rest renders.
     render_runs: list[str] = []
     manifest_uri = None
-    if plan.to_render:
+    if plan.to_render or plan.broken:
         attempt = ledger.next_attempt(config.night)
-        rows = manifest_rows(plan)
-        manifest_uri = storage.join(config.attempt_uri(attempt), "manifest.jsonl")
-        write_manifest(rows, manifest_uri)
         run_id = f"nightly-{config.night}-a{attempt:02d}"
-        outcome = render_attempt(config, manifest_uri, config.attempt_uri(attempt), run_id)
-        render_run = getattr(outcome, "mlflow_run_id", None) or tracking.find_run(
-            client, *_any_experiment_filter(client, run_id))
-        if render_run:
-            render_runs.append(render_run)
-        ledger.record(ledger_rows_for(rows, attempt_results(config, attempt), config, attempt, run_id,
-                                      render_run, hashes))
+        recorded = [broken_rows_for(plan, config, attempt, run_id, hashes)] if plan.broken else []
+        if plan.broken:
+            log.warning("night %s: %d pairs cannot render: %s", config.night, len(plan.broken),
+                        "; ".join(h.problem for h in plan.broken))
+        if plan.to_render:
+            rows = manifest_rows(plan)
+            manifest_uri = storage.join(config.attempt_uri(attempt), "manifest.jsonl")
+            write_manifest(rows, manifest_uri)
+            outcome = render_attempt(config, manifest_uri, config.attempt_uri(attempt), run_id)
+            render_run = getattr(outcome, "mlflow_run_id", None) or tracking.find_run(
+                client, *_any_experiment_filter(client, run_id))
+            if render_run:
+                render_runs.append(render_run)
+            recorded.insert(0, ledger_rows_for(rows, attempt_results(config, attempt), config, attempt, run_id,
+                                               render_run, hashes))
+        ledger.record(pd.concat(recorded, ignore_index=True))
 
     tonight = night_results(config, ledger)
     ok = int((tonight["status"] == "ok").sum())
@@ -418,7 +440,7 @@ def run_nightly(config: NightlyConfig) -> NightlyOutcome:
     experiment_id = tracking.experiment_id(client, config.experiment)
     mlflow.set_experiment(experiment_id=experiment_id)
     # Plan counts describe the invocation that rendered: a no-op re-run leaves the night's values alone.
-    counts = {f"nightly/pairs_{k}": v for k, v in plan.counts().items()} if plan.to_render else {}
+    counts = {f"nightly/pairs_{k}": v for k, v in plan.counts().items()} if plan.to_render or plan.broken else {}
     counts |= {"nightly/pairs_catalog": len(hashed), "nightly/rendered_ok": ok, "nightly/rendered_failed": failed,
                "nightly/failed_fraction": failed_fraction}
     base_tags = {tracking.TAG_JOB: "nightly", tracking.TAG_DATE: config.night,

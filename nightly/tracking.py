@@ -5,8 +5,10 @@ all in the experiment `eartalk-nightly`. Metric names are the render job's aggre
 (`quality/<metric>/mean|p10|p50|p90`, `quality/failure_rate`, from metrics.aggregate) plus the nightly's
 counts (`nightly/...`), so a chart of `quality/sync/mean` over the night runs, grouped by the tag
 `eartalk.language` or `eartalk.model_version`, is the regression dashboard. Every metric is logged with
-step = days since 1970-01-01 of the night and timestamp = that night's midnight UTC, so its history and
-the "time" axis line up with the nights, not with when a re-run happened.
+step = days since 1970-01-01 of the night, so its history lines up with the nights, not with when a re-run
+happened, and timestamp = when it was logged: MLflow's latest value of a metric is the one of the highest
+(step, timestamp, value), so a re-run of the night, logging at the same step, must log later to replace
+the figures of the earlier try (on a tie, the largest value would win).
 
 The documented query (README, section nightly)::
 
@@ -22,6 +24,7 @@ gives one row per (night, language) with columns `metrics.quality/...` and `tags
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import mlflow
 import pandas as pd
@@ -52,11 +55,6 @@ SCOPE_LANGUAGE = "language"
 def night_step(night: str) -> int:
     """Days since 1970-01-01: a monotone x-axis over nights."""
     return (dt.date.fromisoformat(night) - dt.date(1970, 1, 1)).days
-
-
-def night_timestamp_ms(night: str) -> int:
-    midnight = dt.datetime.combine(dt.date.fromisoformat(night), dt.time(), tzinfo=dt.timezone.utc)
-    return int(midnight.timestamp() * 1000)
 
 
 def _quote(value: str) -> str:
@@ -96,9 +94,19 @@ def previous_night_run(client: MlflowClient, experiment: str, catalog: str, nigh
     return earlier[-1].info.run_id if earlier else None
 
 
+_last_timestamp_ms = 0
+
+
+def log_timestamp_ms() -> int:
+    """Now, in ms since 1970, strictly increasing within the process (two logs in one ms stay ordered)."""
+    global _last_timestamp_ms
+    _last_timestamp_ms = max(int(time.time() * 1000), _last_timestamp_ms + 1)
+    return _last_timestamp_ms
+
+
 def log_night_metrics(client: MlflowClient, run_id: str, night: str, metrics: dict[str, float]) -> None:
-    """Log metrics at the night's step and timestamp (see the module docstring)."""
-    step, timestamp = night_step(night), night_timestamp_ms(night)
+    """Log metrics at the night's step, timestamped now (see the module docstring): the latest log wins."""
+    step, timestamp = night_step(night), log_timestamp_ms()
     batch = [Metric(k, float(v), timestamp, step) for k, v in sorted(metrics.items()) if pd.notna(v)]
     for start in range(0, len(batch), 1000):  # MLflow's log_batch limit
         client.log_batch(run_id, metrics=batch[start:start + 1000])

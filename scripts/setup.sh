@@ -14,7 +14,8 @@ if ((${#missing[@]})); then
 fi
 
 PY=${PYTHON:-python3.11}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# pip, not python: a `venv` that failed (no ensurepip) leaves bin/python behind without pip; re-run it then
+[ -x .venv/bin/pip ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
 # torch first: deepspeed's sdist imports it at build time, so the package installs without build isolation.
 .venv/bin/pip install -q "torch==2.13.0"

@@ -69,3 +69,40 @@ def test_train_refuses_a_missing_dataset_and_config_with_the_cause(tmp_path):
     assert proc.returncode == 2 and "has another architecture than --preset base" in proc.stderr
     assert "'d_model': (256, 1024)" in proc.stderr
     assert not (tmp_path / "o").exists()  # refused before building a data set
+
+
+def test_train_refuses_bad_preset_and_step_counts_before_writing_anything(tmp_path):
+    out = tmp_path / "o"
+    for args, cause in ((("--preset", "bogus"), "unknown --preset 'bogus'; choose one of base, tiny"),
+                        (("--steps", "-1"), "--steps must be >= 0, got -1"),
+                        (("--vae-steps", "-2"), "--vae-steps must be >= 0, got -2"),
+                        (("--checkpoint-every", "0"), "--checkpoint-every must be >= 1, got 0")):
+        proc = run_cli("--dataset", "synthetic", "--output", str(out), "--synthetic-clips", "1", *args, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert f"eartalk train: {cause}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert not out.exists(), f"{args}: a refused run wrote output"
+
+
+# exactly README's multi-GPU command (section training)
+DEEPSPEED_COMMAND = ("deepspeed --num_gpus 8 --module jobs.train --dataset out/hdtf-shards "
+                     "--output s3://bucket/runs/r2 --deepspeed-config configs/train/gpu_bf16_zero2.json")
+
+
+def test_deepspeed_launcher_command_parses_in_the_launcher_and_in_every_rank():
+    import shlex
+
+    from deepspeed.launcher.runner import parse_args as launcher_parse_args
+
+    from jobs.train import __doc__ as train_doc
+    from jobs.train import parse_args
+
+    argv = shlex.split(DEEPSPEED_COMMAND)
+    launcher = launcher_parse_args(argv[1:])
+    assert launcher.num_gpus == 8 and launcher.module and launcher.user_script == "jobs.train"
+    # each rank gets the user arguments plus the launcher's --local_rank=N (the rank itself comes from the env)
+    args = parse_args([*launcher.user_args, "--local_rank=3"])
+    assert (args.dataset, args.output) == ("out/hdtf-shards", "s3://bucket/runs/r2")
+    assert args.deepspeed_config == "configs/train/gpu_bf16_zero2.json"
+    # the docstring's command uses the launcher's flags too
+    documented = next(line for line in train_doc.splitlines() if line.strip().startswith("deepspeed "))
+    assert launcher_parse_args(shlex.split(documented.rstrip("\\"))[1:]).module

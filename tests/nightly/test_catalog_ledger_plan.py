@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -69,25 +70,44 @@ def test_malformed_catalog_line_is_named_in_the_error(tmp_path, line, message):
         read_catalog(str(tmp_path))
 
 
-def test_folder_catalog_errors_name_the_item(tmp_path, shared_media):
+def test_folder_catalog_problems_fail_only_the_pairs_of_their_item(tmp_path, shared_media):
+    """Regression guard: two portraits, an orphan control track or an unsafe folder name in one item raised
+    CatalogError, and the whole night exited 2 with nothing rendered."""
     root = make_catalog(tmp_path / "cat", shared_media)
     shutil.copy(shared_media / "portraits" / "obama.jpg", root / "biden" / "portrait.png")
-    with pytest.raises(CatalogError, match=r"biden: expected exactly one portrait"):
-        read_catalog(str(root))
-    (root / "biden" / "portrait.png").unlink()
-    (root / "biden" / "controls").mkdir()
-    (root / "biden" / "controls" / "ja.json").write_text("{}")
-    with pytest.raises(CatalogError, match=r"biden: control tracks \['ja'\] have no audio track"):
-        read_catalog(str(root))
+    (root / "obama" / "controls" / "ja.json").write_text("{}")
+    shutil.copytree(root / "obama", root / "o bama")
+    problems = {p.pair_id: p.problem for p in read_catalog(str(root))}
+    assert problems["obama/en"] is None and problems["obama/ge"] is None
+    assert re.search(r"/biden: expected exactly one portrait.*found 2$", problems["biden/fr"])
+    assert re.search(r"/obama: control track 'ja' has no audio track", problems["obama/ja"])
+    assert re.search(r"/o bama: item 'o bama' must match", problems["o bama/en"])
+    hashed = {h.pair.pair_id: h for h in hash_pairs(read_catalog(str(root)))}
+    assert hashed["biden/fr"].problem == problems["biden/fr"] and hashed["obama/en"].problem is None
     with pytest.raises(CatalogError, match=r"no such folder"):
         read_catalog(str(tmp_path / "absent"))
 
 
-def test_missing_file_in_catalog_fails_hashing_with_its_uri(tmp_path):
-    (tmp_path / "catalog.jsonl").write_text(json.dumps(
-        {"item": "a", "language": "en", "portrait": "gone.jpg", "audio": "gone.wav"}) + "\n")
-    with pytest.raises(CatalogError, match=r"gone.*does not exist"):
-        hash_pairs(read_catalog(str(tmp_path)))
+def test_missing_file_in_catalog_fails_its_pair_only(tmp_path, shared_media):
+    """Regression guard: one stale catalog line pointing at a missing file made hash_pairs raise."""
+    shutil.copy(shared_media / "portraits" / "obama.jpg", tmp_path / "obama.jpg")
+    shutil.copy(shared_media / "speech" / "english.wav", tmp_path / "en.wav")
+    (tmp_path / "catalog.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [
+        {"item": "a", "language": "en", "portrait": "gone.jpg", "audio": "en.wav"},
+        {"item": "b", "language": "en", "portrait": "obama.jpg", "audio": "en.wav"}]))
+    stale, fine = hash_pairs(read_catalog(str(tmp_path)))
+    assert stale.problem == f"a/en: {tmp_path / 'gone.jpg'}: file listed in the catalog does not exist"
+    assert fine.problem is None and fine.portrait_sha256
+    again, _ = hash_pairs(read_catalog(str(tmp_path)))
+    assert again.input_hash == stale.input_hash != fine.input_hash  # stable: its failures are counted
+
+    plan = plan_night([stale, fine], Ledger.load(str(tmp_path / "ledger.parquet")), "2026-11-24")
+    assert plan.to_render == [fine] and plan.broken == [stale] and plan.counts()["new"] == 2
+    assert [r["pair_id"] for r in manifest_rows(plan)] == ["b/en"]
+    ledger = Ledger.load(str(tmp_path / "ledger.parquet"))
+    ledger.record(ledger_rows([stale], "failed"))
+    ledger.record(ledger_rows([stale], "failed"))
+    assert plan_night([stale, fine], ledger, "2026-11-25", max_attempts=2).given_up == [stale]
 
 
 def test_plan_renders_new_pairs_skips_rendered_and_rerenders_changed_inputs(tmp_path, shared_media):
@@ -130,6 +150,15 @@ def test_manifest_rows_carry_render_columns_and_nightly_tags(tmp_path, shared_me
     ge = next(r for r in rows if r["pair_id"] == "obama/ge")
     assert {"id", "portrait", "audio", "controls", "fps", "seed", "language", "input_hash", "nightly_date"} <= set(ge)
     assert "controls" not in next(r for r in rows if r["pair_id"] == "obama/en")
+
+
+def test_skipped_rows_in_an_older_ledger_count_as_rendered(tmp_path, shared_media):
+    """Regression guard: ledgers written before a resumed render's 'skipped' rows were recorded as 'ok'
+    hold them as 'skipped'; planned as new, those pairs would render a second time."""
+    hashed = hash_pairs(read_catalog(str(make_catalog(tmp_path / "cat", shared_media))))
+    Ledger.load(str(tmp_path / "ledger.parquet")).record(ledger_rows(hashed, "skipped"))
+    plan = plan_night(hashed, Ledger.load(str(tmp_path / "ledger.parquet")), "2026-11-24")
+    assert plan.to_render == [] and len(plan.unchanged) == 3
 
 
 def test_unreadable_ledger_is_reported_not_overwritten(tmp_path):

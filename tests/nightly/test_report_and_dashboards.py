@@ -120,6 +120,18 @@ def test_documented_query_returns_one_row_per_night_and_language(mlflow_tracking
         trend_table(runs, "speaker")
 
 
+def test_a_rerun_of_the_night_replaces_its_metrics(mlflow_tracking_uri):
+    """Regression guard: both tries logged at the night's step and midnight, and on such a tie MLflow keeps
+    the largest value, so after a successful retry the run still showed the first try's 5 failures."""
+    client = MlflowClient(mlflow_tracking_uri)
+    run_id = client.create_run(tracking.experiment_id(client)).info.run_id
+    tracking.log_night_metrics(client, run_id, "2026-11-24", {"nightly/rendered_failed": 5, "quality/sync/mean": 0.4})
+    tracking.log_night_metrics(client, run_id, "2026-11-24", {"nightly/rendered_failed": 0, "quality/sync/mean": 0.2})
+    assert client.get_run(run_id).data.metrics == {"nightly/rendered_failed": 0.0, "quality/sync/mean": 0.2}
+    history = client.get_metric_history(run_id, "nightly/rendered_failed")
+    assert {m.step for m in history} == {tracking.night_step("2026-11-24")}
+
+
 def test_export_trends_writes_csv_and_png_per_model_version(mlflow_tracking_uri, tmp_path):
     log_three_nights(mlflow_tracking_uri)
     csv_path, png_path = export_trends(mlflow_tracking_uri, tmp_path / "trends", last_nights=30,
