@@ -22,6 +22,11 @@ def load_image(path: str | Path) -> np.ndarray:
             if im.width * im.height > MAX_PIXELS:
                 raise MediaError(f"{path}: image too large ({im.width}x{im.height})")
             im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16/32-bit greyscale: Pillow's convert("RGB") clips at 255 (a white face), so scale to 8 bits
+                depth = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray((depth * (255.0 / (65535.0 if im.mode != "I" else max(depth.max(), 1.0))))
+                                     .clip(0, 255).round().astype(np.uint8))
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except MediaError:
         raise

@@ -44,8 +44,12 @@ class Mp4Writer:
 
     def add(self, image: np.ndarray) -> None:
         """One (H, W, 3) uint8 RGB frame."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 2 or image.shape[1] < 2:
+            raise MediaError(f"{self.path}: frames must be (H, W, 3) RGB of at least 2x2, got {image.shape}")
         if self.frames == 0:
-            self.video.height, self.video.width = image.shape[:2]
+            # yuv420p halves the chroma planes: libx264 refuses odd sides, so the frames lose their last row/column
+            self.video.height, self.video.width = image.shape[0] & ~1, image.shape[1] & ~1
+        image = image[: self.video.height, : self.video.width]
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         self.container.mux(self.video.encode(frame))
         self.frames += 1
@@ -71,13 +75,22 @@ class Mp4Writer:
             self.container.close()
         return self.frames
 
+    def abort(self) -> None:
+        """Give up: close the container and remove the partial file."""
+        self.container.close()
+        self.path.unlink(missing_ok=True)
+
 
 def encode_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, audio: np.ndarray | None,
                sample_rate: int = MODEL_SAMPLE_RATE) -> int:
     """Write (H, W, 3) uint8 RGB frames + mono float audio to an MP4 at `path`. Returns the frame count."""
     writer = Mp4Writer(path, fps, sample_rate if audio is not None else None)
-    for image in frames:
-        writer.add(image)
+    try:
+        for image in frames:
+            writer.add(image)
+    except BaseException:  # a bad frame, or the frame source failing: no half-written file is left behind
+        writer.abort()
+        raise
     return writer.close(audio)
 
 

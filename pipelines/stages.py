@@ -162,7 +162,9 @@ class RenderActor:
                     r.update(status="failed", error=short_error("encode/publish", r, f"{type(e).__name__}: {e}"))
                     traceback.print_exc()
         finally:
-            # unlinked before any retry, so an abandoned writer can only write to its own orphaned file
+            # closed (a no-op where close() ran) and unlinked before any retry: no open encoder or file is left
+            for writer in writers:
+                writer.abort()
             for p in paths:
                 p.unlink(missing_ok=True)
 

@@ -106,3 +106,39 @@ def test_load_image_refuses_a_decompression_bomb_as_too_large(tmp_path):
                      + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     with pytest.raises(MediaError, match="bomb.png: image too large"):
         load_image(bomb)
+
+
+def test_a_16_bit_greyscale_portrait_keeps_its_tones(tmp_path, shared_media):
+    """Pillow's convert("RGB") clips 16-bit values at 255; the loader scales them, so the face stays a face."""
+    from PIL import Image
+
+    grey = load_image(shared_media / "portraits" / "obama.jpg").mean(axis=2)  # (H, W) in 0..255
+    path = tmp_path / "deep.png"
+    Image.fromarray((grey * 257).round().astype(np.uint16)).save(path)  # 0..65535
+    assert Image.open(path).mode.startswith("I")
+    loaded = load_image(path)
+    assert loaded.shape == (*grey.shape, 3)
+    assert np.abs(loaded[..., 0].astype(np.float64) - grey).max() <= 1.0
+
+
+def test_odd_sized_frames_encode_cropped_to_even_sides(tmp_path):
+    frames = [np.full((65, 63, 3), 40 * i, np.uint8) for i in range(3)]
+    path = tmp_path / "odd.mp4"
+    assert encode_mp4(path, frames, 25, None) == 3
+    video = ffprobe(path)["streams"][0]
+    assert (video["width"], video["height"]) == (62, 64)
+    assert read_video(path).frames.shape == (3, 64, 62, 3)
+
+
+def test_a_failing_frame_source_leaves_no_partial_file(tmp_path):
+    def frames():
+        yield np.zeros((64, 64, 3), np.uint8)
+        raise RuntimeError("the generator failed")
+
+    path = tmp_path / "partial.mp4"
+    with pytest.raises(RuntimeError, match="generator failed"):
+        encode_mp4(path, frames(), 25, None)
+    assert not path.exists()
+    with pytest.raises(MediaError, match=r"frames must be \(H, W, 3\)"):
+        encode_mp4(tmp_path / "rgba.mp4", [np.zeros((64, 64, 4), np.uint8)], 25, None)
+    assert not (tmp_path / "rgba.mp4").exists()
