@@ -125,8 +125,12 @@ def publish_file(local: Path, uri: str, options: StorageOptions | None = None) -
         fs.makedirs(parent, exist_ok=True)
     temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}"
     if not is_remote(uri):
-        shutil.copyfile(local, temporary)
-        os.replace(temporary, path)
+        try:
+            shutil.copyfile(local, temporary)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):  # the move failed: no temporary is left beside the outputs
+                os.remove(temporary)
         return
     fs.put_file(str(local), temporary)
     try:

@@ -45,19 +45,17 @@ def test_a_row_that_breaks_the_batch_fails_alone(actor, loaded):
     assert sorted(p.name for p in Path(videos).iterdir()) == ["a.mp4", "c.mp4"]
 
 
-def test_a_failed_publish_fails_that_row_only(actor, loaded, monkeypatch):
-    """Regression: when row i's upload raised, the later rows, rendered fine, were marked failed too."""
-    publish_file = storage.publish_file
-
-    def flaky(local, uri, options=None):
-        if uri.endswith("/a.mp4"):
-            raise OSError("bucket refused the upload")
-        publish_file(local, uri, options)
-
-    monkeypatch.setattr(storage, "publish_file", flaky)
+def test_a_failed_publish_fails_that_row_only(tmp_path, random_tiny_checkpoint, loaded):
+    """Regression: when row i's upload raised, the later rows, rendered fine, were marked failed too. The
+    upload of a.mp4 fails for real: a folder holds its name in the output."""
+    actor = RenderActor(str(random_tiny_checkpoint), str(tmp_path / "out"), "run", storage.StorageOptions(), device="cpu")
+    videos = Path(storage.join(actor.output_uri, "videos"))
+    (videos / "a.mp4").mkdir(parents=True)
+    (videos / "a.mp4" / "keep").write_text("not a video")
     out = actor(pd.DataFrame([dict(r) for r in loaded[:2]])).set_index("id")
     assert out.loc["a", "status"] == "failed" and out.loc["b", "status"] == "ok"
-    assert out.loc["a", "error"] == "row 0 (id 'a'), encode/publish: OSError: bucket refused the upload"
+    assert out.loc["a", "error"].startswith("row 0 (id 'a'), encode/publish: IsADirectoryError")
+    assert sorted(p.name for p in videos.iterdir()) == ["a.mp4", "b.mp4"]  # no temporary left behind
 
 
 def test_an_unexpected_error_while_loading_fails_just_that_row(monkeypatch, astronaut_png, speech_wav):
