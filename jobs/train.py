@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="weight of the loss on the mouth and chin's latent cells (GeneratorConfig.mouth_weight)")
     p.add_argument("--vae-region-weight", type=float, default=None,
                    help="stage 1: weight of the squared error on the eyes' and mouth's pixels (GeneratorConfig.vae_region_weight)")
+    p.add_argument("--vae-blink-weight", type=float, default=None,
+                   help="stage 1: weight of the loss reading the blink label from the latent's eye cells "
+                        "(GeneratorConfig.vae_blink_weight; needs --vae-lid-layer)")
+    p.add_argument("--closed-eye-share", type=float, default=0.0,
+                   help="stage 1: share of frames drawn from the data set's closed-eye frames (blinks are rare)")
     p.add_argument("--vae-decoder-only", action="store_true",
                    help="stage 1 trains the VAE decoder only, keeping the latent space an --init-from transformer "
                         "learned in")
@@ -73,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--audio-mouth", action="store_true",
                    help="add a direct path from the audio tokens to the mouth's latent cells "
                         "(GeneratorConfig.audio_mouth); with --init-from a checkpoint without it, it grows at zero")
+    p.add_argument("--vae-lid-layer", action="store_true",
+                   help="give the VAE decoder its lid layer (GeneratorConfig.vae_lid_layer); with --init-from a "
+                        "checkpoint without it, it grows blended in at almost zero")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (e.g. sqlite:///out/mlflow.db)")
     p.add_argument("--experiment", default="eartalk-train")
     p.add_argument("--max-minutes", type=float, default=None, help="stop stage 2 after this wall time")
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, value, upper in (("--history-noise", args.history_noise, None), ("--change-weight", args.change_weight, None),
                                ("--mouth-weight", args.mouth_weight, None),
                                ("--vae-region-weight", args.vae_region_weight, None),
+                               ("--vae-blink-weight", args.vae_blink_weight, None),
+                               ("--closed-eye-share", args.closed_eye_share, 1.0),
                                ("--self-forcing", args.self_forcing, 1.0), ("--control-dropout", args.control_dropout, 1.0)):
         if value is not None and (value < 0 or (upper is not None and value > upper)):
             bound = f"in [0, {upper:g}]" if upper is not None else ">= 0"
@@ -127,11 +137,17 @@ def main(argv: list[str] | None = None) -> int:
                                                  ("control_dropout", args.control_dropout),
                                                  ("change_weight", args.change_weight),
                                                  ("mouth_weight", args.mouth_weight),
-                                                 ("vae_region_weight", args.vae_region_weight)) if value is not None}
+                                                 ("vae_region_weight", args.vae_region_weight),
+                                                 ("vae_blink_weight", args.vae_blink_weight)) if value is not None}
     if args.audio_level:
         overrides["audio_level"] = True
     if args.audio_mouth:
         overrides["audio_mouth"] = True
+    if args.vae_lid_layer:
+        overrides["vae_lid_layer"] = True
+    if args.vae_blink_weight and not args.vae_lid_layer:
+        print("eartalk train: --vae-blink-weight trains the lid layer's readout; add --vae-lid-layer", file=sys.stderr)
+        return 2
     if args.init_from:
         problem = _init_from_problem(args.init_from, args.preset, overrides)
         if problem:
@@ -150,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                          vae_steps=args.vae_steps, steps=args.steps, batch_clips=args.batch_clips,
                          vae_batch_frames=args.vae_batch_frames, clip_frames=args.clip_frames, lr=args.lr,
                          vae_lr=args.vae_lr, vae_decoder_only=args.vae_decoder_only, deepspeed_config=str(ds_config),
+                         closed_eye_share=args.closed_eye_share,
                          checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
                          tracking_uri=args.tracking_uri, experiment=args.experiment, max_minutes=args.max_minutes,
                          init_from=args.init_from)

@@ -82,6 +82,22 @@ def count_blinks(openness: np.ndarray, closed: float, open_: float) -> int:
     return blinks
 
 
+def landmark_jitter(landmarks: np.ndarray) -> float | None:
+    """Median |second difference| of (F, 68, 2) landmarks over the inter-ocular distance; None if unmeasurable.
+
+    Only runs of three consecutive frames that all have a face count: differencing the frames either side
+    of a lost face as if they were neighbours turns ordinary motion into jitter.
+    """
+    landmarks = np.asarray(landmarks, np.float64)
+    face = np.isfinite(landmarks).all(axis=(1, 2))
+    valid = np.flatnonzero(face[:-2] & face[1:-1] & face[2:])  # first frame of each face-face-face run
+    if valid.size == 0:
+        return None
+    second = landmarks[valid + 2] - 2 * landmarks[valid + 1] + landmarks[valid]  # (N, 68, 2)
+    iod = np.array([inter_ocular(landmarks[i]) for i in valid + 2])
+    return float(np.median(np.abs(second).mean(axis=(1, 2)) / np.maximum(iod, 1e-6)))
+
+
 def _sample_indices(num_frames: int, count: int) -> np.ndarray:
     return np.unique(np.linspace(0, num_frames - 1, min(count, num_frames)).round().astype(int))
 
@@ -191,10 +207,7 @@ def compute_video_metrics(video_path: str | Path, audio_path: str | Path | None 
     duration_min = len(frames) / clip.fps / 60.0
     if face.any():
         result["blinks_per_min"] = count_blinks(openness, config.blink_closed, config.blink_open) / duration_min
-    if face.sum() >= 3:
-        iod = np.array([inter_ocular(landmarks[i]) for i in range(len(frames)) if face[i]])
-        second = np.abs(np.diff(landmarks[face], n=2, axis=0)).mean(axis=(1, 2)) / np.maximum(iod[2:], 1e-6)
-        result["landmark_jitter"] = float(np.median(second))
+    result["landmark_jitter"] = landmark_jitter(landmarks)
     result["background_flicker"] = quality.background_flicker(frames)
     result |= quality.image_quality(frames, landmarks, config.quality_samples)
 

@@ -57,7 +57,11 @@ def speech_level(log_mel: torch.Tensor) -> torch.Tensor:
 
 
 class LogMel(nn.Module):
-    """(B, N) waveform at 16 kHz -> (B, M, n_mels) log-mel frames, hop = mel_hop_ms."""
+    """(B, N) waveform at 16 kHz -> (B, M, n_mels) fp32 log-mel frames, hop = mel_hop_ms.
+
+    Always fp32, whatever the wave's or the module's dtype: bf16 STFT is unsupported (MKL and cuFFT),
+    cuFFT half needs a power-of-two n_fft (ours is 640), and the log of small powers underflows in half.
+    """
 
     def __init__(self, n_mels: int, hop_ms: float):
         super().__init__()
@@ -67,14 +71,18 @@ class LogMel(nn.Module):
         self.register_buffer("filters", mel_filterbank(n_mels, self.n_fft, AUDIO_SAMPLE_RATE), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        # DeepSpeed bf16/fp16 training casts the module (these buffers too) and the batch's audio: back to
+        # fp32 here, and autocast off so the filterbank matmul is not lowered again
+        wave, window, filters = wave.float(), self.window.float(), self.filters.float()
         # stft's centring reflects n_fft / 2 samples at each end, which needs more samples than that:
         # a clip that short (<= 20 ms) is padded with silence
         short = self.n_fft // 2 + 1 - wave.shape[-1]
         if short > 0:
             wave = torch.nn.functional.pad(wave, (0, short))
-        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
-        power = spec.abs().pow(2).transpose(1, 2)  # (B, M, K)
-        return torch.log(power @ self.filters + 1e-6)  # (B, M, n_mels)
+        with torch.autocast(wave.device.type, enabled=False):
+            spec = torch.stft(wave, self.n_fft, self.hop, window=window, center=True, return_complex=True)
+            power = spec.abs().pow(2).transpose(1, 2)  # (B, M, K)
+            return torch.log(power @ filters + 1e-6)  # (B, M, n_mels)
 
 
 class AudioEncoder(nn.Module):
@@ -98,7 +106,7 @@ class AudioEncoder(nn.Module):
     def frame_features(self, wave: torch.Tensor, fps: float, num_frames: int) -> torch.Tensor:
         """(B, N) -> (B, F, 2 * context + 1, features_per_mel_frame) mel windows centred audio_lead_ms
         after each video frame; zeros (silence, level 0) outside the clip."""
-        log_mel = self.logmel(wave)  # (B, M, n_mels), fp32 whatever the model's dtype (inference.py)
+        log_mel = self.logmel(wave)  # (B, M, n_mels), fp32 whatever the model's or the wave's dtype
         dtype = self.norm.weight.dtype
         mel = self.norm(log_mel.to(dtype))
         if self.cfg.audio_level:

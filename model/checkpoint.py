@@ -115,7 +115,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", e
 
 
 # fields a fine-tuning run may switch on over its starting checkpoint, and how each grows the weights
-GROWABLE_FIELDS = frozenset({"audio_level", "audio_mouth"})
+GROWABLE_FIELDS = frozenset({"audio_level", "audio_mouth", "vae_lid_layer"})
 
 
 def _grow_audio_input(weight: torch.Tensor, cfg: GeneratorConfig) -> torch.Tensor:
@@ -155,5 +155,8 @@ def init_from_checkpoint(generator: Generator, directory: str | Path) -> dict[st
     if source.config.audio_mouth != generator.config.audio_mouth:
         state.update({k: v for k, v in generator.state_dict().items() if k.startswith("audio_mouth.")})
         grown["audio_mouth"] = "audio-to-mouth path added at zero"
+    if source.config.vae_lid_layer != generator.config.vae_lid_layer:
+        state.update({k: v for k, v in generator.state_dict().items() if k.startswith(("vae.to_lid.", "vae.to_lid_flow.", "vae.lid_readout."))})
+        grown["vae_lid_layer"] = "lid layer added, blended in at almost zero"
     generator.load_state_dict(state)
     return grown

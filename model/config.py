@@ -12,7 +12,7 @@ AUDIO_SAMPLE_RATE = 16_000  # Hz: every audio tensor the model sees is mono at t
 # fields that only shape the training loss: a checkpoint's architecture does not depend on them, and a
 # resumed training run may change them
 TRAINING_ONLY_FIELDS = frozenset({"history_noise", "control_dropout", "self_forcing", "change_weight", "mouth_weight",
-                                  "vae_region_weight"})
+                                  "vae_region_weight", "vae_blink_weight"})
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class GeneratorConfig:
     vae_channels: tuple[int, ...] = (32, 64, 128)  # conv width per stage; each stage halves the resolution
     latent_channels: int = 8  # channels of the latent grid
     latent_patch: int = 4  # latent pixels per token side: one token covers latent_patch x latent_patch cells
+    # a third layer the decoder blends in: the portrait's own skin, sampled a few pixels above each pixel
+    # (frame_vae.py), so a lid can close by copying the skin over the eye instead of painting it from nothing
+    vae_lid_layer: bool = False
     # ---- audio
     n_mels: int = 40  # log-mel bands, computed in torch (audio_encoder.py)
     mel_hop_ms: float = 10.0  # ms between mel frames
@@ -52,6 +55,9 @@ class GeneratorConfig:
     change_weight: float = 0.0  # training: weight of the loss term on what changed since the previous frame
     mouth_weight: float = 0.0  # training: weight of the loss term on the mouth and chin's latent cells (MOUTH_REGION)
     vae_region_weight: float = 0.0  # training, stage 1: weight of the squared error on the eyes' and mouth's pixels
+    # training, stage 1: weight of the loss that reads the blink label from the latent's eye cells (needs the
+    # lid layer's readout): without it the encoder has no reason to carry a lid the decoder cannot yet draw
+    vae_blink_weight: float = 0.0
 
     def __post_init__(self) -> None:
         assert len(self.vae_channels) >= 2, "the VAE decoder predicts its flow at the second-finest scale"
@@ -61,6 +67,8 @@ class GeneratorConfig:
         assert self.sink_frames >= 1 and self.window_frames >= 1
         assert 0.0 <= self.control_dropout <= 1.0 and 0.0 <= self.self_forcing <= 1.0
         assert self.change_weight >= 0.0 and self.mouth_weight >= 0.0 and self.vae_region_weight >= 0.0
+        assert self.vae_blink_weight >= 0.0 and (self.vae_blink_weight == 0.0 or self.vae_lid_layer), \
+            "vae_blink_weight trains the lid layer's readout: it needs vae_lid_layer"
 
     # ---- derived sizes
     @property

@@ -9,6 +9,13 @@ newly painted pixels (open mouth, closed lids, disoccluded background) through a
 
     frame = mask * warp(portrait, flow) + (1 - mask) * painted
 
+With `vae_lid_layer`, a third layer joins the blend (a softmax over three weights instead of a sigmoid):
+the portrait's skin sampled a few pixels above each pixel, along a second flow. A closed lid is skin
+where the open eye was; painted from nothing it is a few pixels at 128 px that the painted layer learns
+last (it blurs them), while copied from above the eye it only needs the blend weight to flip there.
+The lid layer also brings a readout of the blink from the latent's eye cells; in training
+(`vae_blink_weight`) it makes the encoder carry the lid, which the decoder can then learn to draw.
+
 Why: a latent of 16x16x8 cannot carry a face's texture sharply, and a blurred face loses its identity
 (and its landmarks) — but a talking head's pixels are almost all the portrait's, moved. So the latent
 only has to say how the face moved and what opened or closed, identity comes from the portrait by
@@ -21,6 +28,7 @@ KL weight is tiny (as in latent-diffusion autoencoders): the latent is for recon
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -65,6 +73,8 @@ class Reference(NamedTuple):
 class FrameVAE(nn.Module):
     kl_weight = 1e-6
     max_flow = 0.5  # largest displacement, in grid_sample's [-1, 1] units (a quarter of the frame)
+    lid_lift = 5.0 / 128  # the lid layer starts sampling this far above each pixel: the lid skin over an eye
+    lid_start_logit = -4.0  # the lid layer's blend logit at the start (weight ~1 %: the decoder as it was)
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
@@ -96,6 +106,15 @@ class FrameVAE(nn.Module):
         nn.init.zeros_(self.to_flow[-1].weight)  # start as "the portrait, unmoved"
         nn.init.zeros_(self.to_flow[-1].bias)
         nn.init.constant_(self.to_paint[-1].bias[:1], 3.0)  # mask ~0.95: copy the portrait at first
+        if cfg.vae_lid_layer:
+            self.to_lid_flow = nn.Sequential(norm(chans[1]), nn.SiLU(), nn.Conv2d(chans[1], 2, 3, padding=1))
+            self.to_lid = nn.Sequential(norm(c_in), nn.SiLU(), nn.Conv2d(c_in, 1, 3, padding=1))
+            nn.init.zeros_(self.to_lid_flow[-1].weight)  # start: straight up by lid_lift (y < 0 is up)
+            lift = math.atanh(2.0 * self.lid_lift / self.max_flow)  # 2 / side: pixels -> [-1, 1] units
+            self.to_lid_flow[-1].bias.data.copy_(torch.tensor([0.0, -lift]))
+            nn.init.zeros_(self.to_lid[-1].weight)
+            nn.init.constant_(self.to_lid[-1].bias, self.lid_start_logit)
+            self.lid_readout = nn.Linear(cfg.latent_channels, 1)  # eye cells' mean latent -> blink label
 
     # ------------------------------------------------------------------ encoder
     def _encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -122,24 +141,43 @@ class FrameVAE(nn.Module):
         """(B, Cl, L, L) latents against their (B-item) reference -> (B, 3, S, S) in [0, 1]."""
         h = self.from_latent(latents)
         levels = len(self.up)
-        flow = None
+        half = None
         for i, (join, up) in enumerate(zip(self.join, self.up)):
             h = join(torch.cat((h, reference.features[levels - i]), dim=1))
             if i == levels - 1:  # at S/2, with the portrait's S/2 features joined
-                flow = self.to_flow(h)
+                half = h
             h = up(h)
         h = self.join[-1](torch.cat((h, reference.features[0]), dim=1))
         paint = self.to_paint(h)
-        mask, painted = torch.sigmoid(paint[:, :1]), torch.sigmoid(paint[:, 1:])
-        size = reference.image.shape[-2:]
-        flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
-        flow = self.max_flow * torch.tanh(flow).permute(0, 2, 3, 1)  # (B, S, S, 2) as (x, y)
-        grid = _identity_grid(latents.shape[0], size, flow.device, flow.dtype) + flow
-        warped = F.grid_sample(reference.image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return mask * warped + (1.0 - mask) * painted
+        painted = torch.sigmoid(paint[:, 1:])
+        grid = _identity_grid(latents.shape[0], reference.image.shape[-2:], h.device, h.dtype) + self._flow(self.to_flow, half)
+        warped = self._sample(reference.image, grid)
+        if not self.cfg.vae_lid_layer:
+            mask = torch.sigmoid(paint[:, :1])
+            return mask * warped + (1.0 - mask) * painted
+        lid = self._sample(reference.image, grid + self._flow(self.to_lid_flow, half))
+        weights = torch.softmax(torch.cat((paint[:, :1], self.to_lid(h), torch.zeros_like(paint[:, :1])), dim=1), dim=1)
+        return weights[:, :1] * warped + weights[:, 1:2] * lid + weights[:, 2:] * painted
+
+    def _flow(self, head: nn.Module, half: torch.Tensor) -> torch.Tensor:
+        """A flow head on the S/2 features -> (B, S, S, 2) displacement as (x, y), bounded by max_flow."""
+        flow = F.interpolate(head(half), size=(2 * half.shape[-2], 2 * half.shape[-1]), mode="bilinear",
+                             align_corners=False)
+        return self.max_flow * torch.tanh(flow).permute(0, 2, 3, 1)
+
+    @staticmethod
+    def _sample(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     # ------------------------------------------------------------------ training
-    def loss(self, frames: torch.Tensor, portraits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def read_blink(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, Cl, L, L) latents -> (B,) the blink label they carry (1 open, 0 closed); needs the lid layer."""
+        eyes = region_cells(latents.shape[-1], EYES_REGION).to(latents)
+        pooled = (latents * eyes).sum((-2, -1)) / eyes.sum()  # (B, Cl)
+        return self.lid_readout(pooled)[:, 0]
+
+    def loss(self, frames: torch.Tensor, portraits: torch.Tensor,
+             blink: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Reconstruction of frames (B, 3, S, S) against their clips' portraits (B, 3, S, S), in [0, 1].
 
         L1 + MSE over the frame, plus L1 weighted by how much each pixel differs from the portrait: most
@@ -162,12 +200,20 @@ class FrameVAE(nn.Module):
         mse = squared.mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         total = l1 + mse + motion_l1 + self.cfg.vae_region_weight * region_mse + self.kl_weight * kl
-        return {"total": total, "l1": l1, "mse": mse, "motion_l1": motion_l1, "region_mse": region_mse, "kl": kl}
+        out = {"l1": l1, "mse": mse, "motion_l1": motion_l1, "region_mse": region_mse, "kl": kl}
+        if self.cfg.vae_blink_weight > 0 and blink is not None:
+            known = torch.isfinite(blink)
+            error = (self.read_blink(mean) - blink.nan_to_num()).pow(2)
+            out["blink_mse"] = (error * known).sum() / known.sum().clamp(min=1)
+            total = total + self.cfg.vae_blink_weight * out["blink_mse"]
+        return {"total": total, **out}
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         """What maps a latent to pixels; the rest (the encoder) defines the latent space stage 2 learns in."""
-        return [p for part in (self.from_latent, self.join, self.up, self.to_flow, self.to_paint)
-                for p in part.parameters()]
+        parts = [self.from_latent, self.join, self.up, self.to_flow, self.to_paint]
+        if self.cfg.vae_lid_layer:
+            parts += [self.to_lid_flow, self.to_lid, self.lid_readout]
+        return [p for part in parts for p in part.parameters()]
 
 
 def _identity_grid(batch: int, size: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -91,12 +91,16 @@ class RenderActor:
         from model import checkpoint_version, load_checkpoint, prepare_for_inference
 
         self.output_uri, self.run_id, self.options = output_uri, run_id, options
-        self.workdir = Path(tempfile.mkdtemp(prefix="eartalk-render-"))
-        local = storage.fetch_dir(checkpoint_uri, self.workdir, options)
+        # scratch for MP4s being encoded (each unlinked after its batch); removed with the actor, or at exit
+        self._scratch = tempfile.TemporaryDirectory(prefix="eartalk-render-")
+        self.workdir = Path(self._scratch.name)
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus, so torch uses the CPUs it was given
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.generator, self.report = prepare_for_inference(load_checkpoint(local), device)
-        self.model_version = checkpoint_version(local)
+        # a remote checkpoint's local copy is only read here: once loaded the weights live in memory, so it goes
+        with tempfile.TemporaryDirectory(prefix="eartalk-checkpoint-") as tmp:
+            local = storage.fetch_dir(checkpoint_uri, Path(tmp), options)
+            self.generator, self.report = prepare_for_inference(load_checkpoint(local), device)
+            self.model_version = checkpoint_version(local)
         self.size = self.generator.config.image_size
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

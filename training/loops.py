@@ -53,6 +53,7 @@ class TrainConfig:
     vae_steps: int = 200  # stage 1 optimizer steps
     steps: int = 400  # stage 2 optimizer steps
     vae_batch_frames: int = 16  # frames per VAE micro-batch
+    closed_eye_share: float = 0.0  # stage 1: share of frames drawn from closed-eye frames (BatchSampler.vae_batch)
     batch_clips: int = 2  # clips per transformer micro-batch
     clip_frames: int = 24  # frames per training window, cut at random from a data-set clip
     vae_lr: float = 2e-3  # peak learning rate, stage 1
@@ -82,6 +83,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         assert self.vae_steps >= 0 and self.steps >= 0, "step counts must be >= 0"
         assert self.batch_clips >= 1 and self.vae_batch_frames >= 1 and self.clip_frames >= 2
+        assert 0.0 <= self.closed_eye_share <= 1.0
         assert 0.0 <= self.control_dropout <= 1.0 and 0.0 <= self.span_dropout <= 1.0
 
 
@@ -149,8 +151,8 @@ class VAELoss(nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, frames: torch.Tensor, portraits: torch.Tensor) -> dict[str, torch.Tensor]:
-        return _loss_dict(self.vae.loss(frames, portraits))
+    def forward(self, frames: torch.Tensor, portraits: torch.Tensor, blink: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _loss_dict(self.vae.loss(frames, portraits, blink))
 
 
 class TransformerLoss(nn.Module):
@@ -228,14 +230,28 @@ class BatchSampler:
         return torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, -3).float().div_(255.0).contiguous()
 
     def vae_batch(self) -> dict:
-        """Frames with their clips' portraits (the decoder's reference); now and then the portrait itself."""
-        frames, portraits = [], []
+        """Frames with their clips' portraits (the decoder's reference) and blink labels (NaN: unknown).
+
+        Now and then the portrait itself. With `closed_eye_share`, that share of the frames is drawn
+        from the closed-eye frames of clips that have any: blinks are a few percent of a video, too rare
+        for the lid to be learned from uniform draws. Closed is under half the clip's median openness (the
+        label is absolute eye openness, and some faces' open eyes read 0.4).
+        """
+        frames, portraits, blinks = [], [], []
+        column = self.dataset.controls.index("blink") if "blink" in self.dataset.controls else None
         for _ in range(self.config.vae_batch_frames):
             clip = self.dataset[int(self.rng.integers(len(self.dataset)))]
-            f = int(self.rng.integers(clip.frames.shape[0] + 1))
+            labels = clip.controls[:, column] if column is not None else np.full(clip.frames.shape[0], np.nan)
+            closed = np.flatnonzero(labels < 0.5 * np.nanmedian(labels)) if np.isfinite(labels).any() else []
+            if self.config.closed_eye_share > 0 and len(closed) and self.rng.random() < self.config.closed_eye_share:
+                f = int(self.rng.choice(closed))
+            else:
+                f = int(self.rng.integers(clip.frames.shape[0] + 1))
             frames.append(clip.portrait if f == clip.frames.shape[0] else clip.frames[f])
+            blinks.append(np.nan if f == clip.frames.shape[0] else float(labels[f]))
             portraits.append(clip.portrait)
-        return {"frames": self._images(np.stack(frames)), "portraits": self._images(np.stack(portraits))}
+        return {"frames": self._images(np.stack(frames)), "portraits": self._images(np.stack(portraits)),
+                "blink": torch.tensor(blinks, dtype=torch.float32)}
 
     def clip_batch(self) -> dict:
         cfg, ds = self.config, self.dataset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -128,3 +129,35 @@ def test_the_models_face_regions_hold_the_eyes_and_the_mouth_of_aligned_real_fac
     assert np.all(inside(eyes, EYES_REGION)) and not np.any(inside(lips_and_chin, EYES_REGION))
     # the synthetic data turns heads by up to 25 deg: the eyes keep a margin to the region's sides
     assert eyes[:, 0].min() - EYES_REGION[0] > 0.04 and EYES_REGION[2] - eyes[:, 0].max() > 0.04
+
+
+def supersampled_crop(image: np.ndarray, transform: np.ndarray, size: int, k: int = 8) -> np.ndarray:
+    """The crop `transform` maps out, antialiased the slow way: warped at k x the size, then area-averaged down."""
+    M = transform.astype(np.float64) * k
+    M[:, 2] += (k - 1) / 2  # output pixel i covers big pixels k*i .. k*i + k-1, centred at k*(i + 0.5) - 0.5
+    big = cv2.warpAffine(image, M, (size * k, size * k), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def detail(image: np.ndarray) -> float:
+    """High-frequency energy: variance of the Laplacian of the grey image."""
+    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64), cv2.CV_64F).var())
+
+
+@pytest.mark.parametrize("name", ["obama.jpg", "biden.jpg", "astronaut x8"])
+def test_a_large_portrait_aligns_to_a_small_crop_without_aliasing(shared_media, analyzer, name):
+    """Regression: warpAffine shrank a large photo straight to the crop (INTER_AREA is not supported there and
+    falls back to bilinear, which reads 2x2 pixels), so a 0.1-0.3x shrink skipped most pixels and aliased."""
+    if name == "astronaut x8":
+        from skimage import data
+
+        image = cv2.resize(data.astronaut(), None, fx=8, fy=8, interpolation=cv2.INTER_CUBIC)  # 4096 px
+    else:
+        image = load_image(shared_media / "portraits" / name)
+    aligned = align_face(image, 128, analyzer)
+    assert np.sqrt(np.linalg.det(aligned.transform[:, :2])) < 0.35  # a shrink by 3x or more
+    reference = supersampled_crop(image, aligned.transform, 128)
+    assert np.abs(aligned.image.astype(np.float64) - reference).mean() < 1.2  # aliased: 1.4-2.8 grey levels
+    assert 0.7 < detail(aligned.image) / detail(reference) < 1.4  # aliased: 1.6-2.4x the detail
+    found = analyzer.landmarks(aligned.image)
+    assert found is not None and np.linalg.norm(found - aligned.landmarks, axis=1).mean() < 3  # px at 128

@@ -121,6 +121,48 @@ def test_a_16_bit_greyscale_portrait_keeps_its_tones(tmp_path, shared_media):
     assert np.abs(loaded[..., 0].astype(np.float64) - grey).max() <= 1.0
 
 
+def cut_out(portrait: np.ndarray, mode: str):
+    """`portrait` cut out to an ellipse as a `mode` PNG image whose transparent pixels hold random colours, with
+    a half-transparent rim (not in P, whose transparency is all or nothing); and its alpha in 0..1."""
+    from PIL import Image
+
+    h, w = portrait.shape[:2]
+    y, x = np.mgrid[:h, :w]
+    r = np.hypot((x - w / 2) / (0.35 * w), (y - h / 2) / (0.45 * h))  # 1 on the ellipse
+    alpha = np.where(r < 0.95, 1.0, np.where(r < 1.0, 100 / 255, 0.0))
+    garbage = np.random.default_rng(0).integers(0, 256, portrait.shape, np.uint8)
+    rgb = np.where((alpha > 0)[..., None], portrait, garbage)
+    a8 = (alpha * 255).round().astype(np.uint8)
+    if mode == "RGBA":
+        return Image.fromarray(np.dstack([rgb, a8])), rgb, alpha
+    if mode == "LA":
+        grey = np.asarray(Image.fromarray(rgb).convert("L"))
+        return Image.fromarray(np.dstack([grey, a8])).convert("LA"), np.repeat(grey[..., None], 3, 2), alpha
+    indexed = Image.fromarray(portrait).quantize(255)  # palette entries 0..254; 255 is the transparent one
+    index = np.where(alpha == 1.0, np.asarray(indexed), 255).astype(np.uint8)
+    palette = np.array(indexed.getpalette()[:255 * 3] + [255, 0, 255], np.uint8).reshape(-1, 3)  # magenta garbage
+    image = Image.fromarray(index, "P")
+    image.putpalette(palette.ravel().tolist())
+    image.info["transparency"] = 255
+    return image, palette[index], (alpha == 1.0).astype(np.float64)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_a_transparent_portrait_is_composited_onto_mid_grey(tmp_path, shared_media, mode):
+    """Regression: convert("RGB") dropped alpha, so a cut-out portrait showed whatever colours its transparent
+    pixels happened to hold (black, garbage) instead of a background."""
+    from media.image import BACKGROUND
+
+    portrait = load_image(shared_media / "portraits" / "obama.jpg")
+    image, rgb, alpha = cut_out(portrait, mode)
+    path = tmp_path / f"cut_out_{mode}.png"
+    image.save(path)
+    loaded = load_image(path).astype(np.float64)
+    expected = rgb * alpha[..., None] + np.array(BACKGROUND, np.float64) * (1 - alpha[..., None])
+    assert np.abs(loaded - expected).max() <= 1.0  # rounding of the half-transparent rim
+    assert np.all(loaded[alpha == 0] == BACKGROUND) and np.all(loaded[alpha == 1] == rgb[alpha == 1])
+
+
 def test_odd_sized_frames_encode_cropped_to_even_sides(tmp_path):
     frames = [np.full((65, 63, 3), 40 * i, np.uint8) for i in range(3)]
     path = tmp_path / "odd.mp4"

@@ -12,7 +12,7 @@ from faces import align_face
 from media import encode_mp4, load_image
 from metrics import compute_video_metrics
 from metrics.schema import METRIC_COLUMNS
-from metrics.video import MetricsInputError, count_blinks
+from metrics.video import MetricsInputError, count_blinks, landmark_jitter, track_landmarks
 
 FPS = 25.0
 SIZE = 256
@@ -95,6 +95,31 @@ def test_blinks_are_dips_from_open_to_closed():
     openness = np.array([1, 1, 0.2, 0.1, 1, 1, 0.3, 0.9, 0.3, 1, np.nan, 0.1, 1.0])
     assert count_blinks(openness, 0.45, 0.7) == 4  # 0.3 after 0.9 counts; NaN frames are skipped
     assert count_blinks(np.array([0.2, 0.2, 1.0]), 0.45, 0.7) == 0  # starting closed is not a blink
+
+
+@pytest.fixture(scope="module")
+def talking_landmarks(shared_media) -> np.ndarray:
+    """(100, 68, 2) landmarks tracked on the real talking video (a face in every frame)."""
+    from media import read_video
+
+    landmarks = track_landmarks(read_video(shared_media / "video" / "talking_512px_8s.mp4", max_frames=100).frames)
+    assert np.isfinite(landmarks).all()
+    return landmarks
+
+
+def test_landmark_jitter_never_differences_across_frames_without_a_face(talking_landmarks):
+    """Regression: jitter took second differences of the face frames only, so with the face lost the frames
+    either side of a gap were differenced as neighbours and a steady pan read as jitter."""
+    step = np.array([2.0, 1.0], np.float32)  # px per frame: the head drifting steadily
+    panned = talking_landmarks + step * np.arange(100, dtype=np.float32)[:, None, None]  # (F, 68, 2)
+    full = landmark_jitter(panned)
+    assert full == pytest.approx(landmark_jitter(talking_landmarks), rel=1e-3)  # a steady pan is not jitter
+    lost = panned.copy()
+    lost[3::4] = np.nan  # the face lost in every fourth frame
+    assert landmark_jitter(lost) == pytest.approx(full, rel=0.05)  # the remaining runs measure the same face
+    lost[2::3] = np.nan  # never three face frames in a row: no second difference to take
+    assert landmark_jitter(lost) is None
+    assert landmark_jitter(np.full((10, 68, 2), np.nan, np.float32)) is None
 
 
 def small_onnx_embedder(path) -> None:

@@ -146,3 +146,52 @@ def test_fine_tuning_into_another_architecture_is_refused(tmp_path):
         init_from_checkpoint(small_generator(n_layers=3, audio_level=True), path)
     with pytest.raises(CheckpointError, match=r"audio_level.*\(True, False\)"):  # a feature is never removed
         init_from_checkpoint(small_generator(audio_level=False), path)
+
+
+def test_fine_tuning_with_the_lid_layer_grown_starts_from_the_same_frames_and_it_draws_skin_from_above(tmp_path):
+    import dataclasses
+
+    from model import Generator
+    from model.checkpoint import init_from_checkpoint
+
+    old = small_generator()
+    path = save_checkpoint(old, tmp_path / "old")
+    grown = Generator(dataclasses.replace(old.config, vae_lid_layer=True)).eval()
+    assert init_from_checkpoint(grown, path) == {"vae_lid_layer": "lid layer added, blended in at almost zero"}
+    S = old.config.image_size
+    # a portrait of horizontal stripes: what lies above a pixel differs from the pixel itself
+    rows = (torch.arange(S) // 3 % 2).float()
+    portrait = torch.stack([rows[:, None].expand(S, S)] * 3)[None]
+    with torch.no_grad():
+        reference_old, reference_new = old.vae.reference(portrait), grown.vae.reference(portrait)
+        latents = old.vae.encode(portrait)
+        before, after = old.vae.decode(latents, reference_old), grown.vae.decode(latents, reference_new)
+        assert (before - after).abs().max() < 0.02  # the lid layer starts at ~0.1 % of the blend
+        grown.vae.to_lid[-1].bias.fill_(20.0)  # all lid layer: the portrait as seen lid_lift higher up
+        lid = grown.vae.decode(latents, reference_new)
+    lift = grown.vae.lid_lift * S  # pixels; bilinear sampling blends the two rows around it
+    low, frac = int(lift), lift - int(lift)
+    shifted = (1 - frac) * torch.roll(rows, low) + frac * torch.roll(rows, low + 1)
+    interior = slice(low + 2, S)  # rows whose source lies inside the portrait
+    rows_drawn = lid[0, 0, :, S // 2]
+    assert (rows_drawn[interior] - shifted[interior]).abs().max() < 1e-3
+    assert (rows_drawn[interior] - rows[interior]).abs().max() > 0.4
+
+
+def test_the_blink_readout_loss_needs_the_lid_layer_and_skips_unknown_labels():
+    import dataclasses
+
+    g = small_generator(vae_lid_layer=True, vae_blink_weight=1.0)
+    frames = torch.rand(4, 3, 64, 64)
+    blink = torch.tensor([1.0, 0.0, float("nan"), 0.5])
+    torch.manual_seed(0)
+    out = g.vae.loss(frames, frames, blink)
+    with torch.no_grad():
+        expected = (g.vae.read_blink(g.vae.encode(frames))[[0, 1, 3]] - blink[[0, 1, 3]]).pow(2).mean()
+    assert torch.isfinite(out["total"]) and float(out["blink_mse"]) == pytest.approx(float(expected), rel=1e-5)
+    torch.manual_seed(0)
+    without = g.vae.loss(frames, frames)  # no labels (or weight 0): the reconstruction terms only
+    assert "blink_mse" not in without
+    assert float(out["total"] - without["total"]) == pytest.approx(float(out["blink_mse"]), rel=1e-4)
+    with pytest.raises(AssertionError, match="needs vae_lid_layer"):
+        dataclasses.replace(g.config, vae_lid_layer=False)

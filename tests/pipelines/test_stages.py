@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from model import checkpoint_version
 from pipelines import storage
 from pipelines.stages import RenderActor, load_assets
 from tests.pipelines.helpers import short_speech
@@ -56,6 +59,27 @@ def test_a_failed_publish_fails_that_row_only(tmp_path, random_tiny_checkpoint, 
     assert out.loc["a", "status"] == "failed" and out.loc["b", "status"] == "ok"
     assert out.loc["a", "error"].startswith("row 0 (id 'a'), encode/publish: IsADirectoryError")
     assert sorted(p.name for p in videos.iterdir()) == ["a.mp4", "b.mp4"]  # no temporary left behind
+
+
+def test_a_remote_checkpoint_leaves_no_copy_behind(tmp_path, monkeypatch, s3_server, s3_bucket, random_tiny_checkpoint,
+                                                   loaded):
+    """Regression: the actor copied an S3 checkpoint into a mkdtemp folder never removed, so every actor
+    start left a copy of the weights in /tmp. The copy goes once the model is loaded (the actor still
+    renders, from memory), and the actor's scratch folder goes with the actor."""
+    s3_server.filesystem().put(str(random_tiny_checkpoint), f"{s3_bucket}/checkpoints/tiny", recursive=True)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # where this process makes its temporaries
+    options = storage.StorageOptions(endpoint_url=s3_server.endpoint_url, key=s3_server.access_key,
+                                     secret=s3_server.secret_key, region=s3_server.region)
+    actor = RenderActor(f"s3://{s3_bucket}/checkpoints/tiny", str(tmp_path / "out"), "run", options, device="cpu")
+    assert actor.model_version == checkpoint_version(random_tiny_checkpoint)
+    assert [p.relative_to(tmp) for p in tmp.rglob("*") if p != actor.workdir] == []
+    out = actor(pd.DataFrame([dict(loaded[0])]))
+    assert list(out["status"]) == ["ok"], out["error"].tolist()
+    del actor
+    gc.collect()
+    assert list(tmp.iterdir()) == []
 
 
 def test_an_unexpected_error_while_loading_fails_just_that_row(monkeypatch, astronaut_png, speech_wav):

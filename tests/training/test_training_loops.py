@@ -229,3 +229,24 @@ def test_a_decoder_only_vae_stage_keeps_the_latent_space_of_the_checkpoint_it_re
         if not name.startswith("vae."):
             assert torch.equal(weight, after.state_dict()[name]), name
     assert after.config.vae_region_weight == 4.0
+
+
+def test_stage_one_draws_the_closed_eye_share_of_its_frames_from_blinks(dataset):
+    from training.loops import BatchSampler
+
+    ds = ClipDataset(dataset)
+    column = ds.controls.index("blink")
+    # closed: under half the clip's median openness (the label is absolute; some open eyes read 0.4)
+    closed = {(round(float(ds[i].controls[f, column]), 6), ds[i].frames[f].tobytes()) for i in range(len(ds))
+              for f in np.flatnonzero(ds[i].controls[:, column] < 0.5 * np.median(ds[i].controls[:, column]))}
+    base_rate = len(closed) / sum(len(ds[i].frames) for i in range(len(ds)))  # 0.29 in these 12-frame clips
+    assert 0 < base_rate < 0.35, "the synthetic clips blink"
+    for share, lower, upper in ((0.0, 0.0, base_rate + 0.15), (1.0, 0.9, 1.0)):
+        sampler = BatchSampler(ds, config_for(dataset, "unused", vae_batch_frames=16, closed_eye_share=share), ["blink"])
+        batches = [sampler.vae_batch() for _ in range(8)]
+        drawn = [(round(float(label), 6), (frame.permute(1, 2, 0) * 255).round().byte().numpy().tobytes())
+                 for b in batches for frame, label in zip(b["frames"], b["blink"])]
+        closed_drawn = [pair for pair in drawn if pair in closed]
+        assert lower <= len(closed_drawn) / len(drawn) <= upper, (share, len(closed_drawn), len(drawn))
+    assert all(torch.isnan(label) == (frame == portrait).all() for b in batches  # the portrait: no label
+               for frame, label, portrait in zip(b["frames"], b["blink"], b["portraits"]))
