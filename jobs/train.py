@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from training.checkpointing import copy_checkpoint
-    from model import PRESETS
+    from model import PRESETS, get_preset
     from training.loops import DEFAULT_DEEPSPEED_CONFIG, TrainConfig, train
 
     # preflight: fail fast on inputs that cannot work, before anything is written
@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides["audio_mouth"] = True
     if args.vae_lid_layer:
         overrides["vae_lid_layer"] = True
-    if args.vae_blink_weight and not args.vae_lid_layer:
-        print("eartalk train: --vae-blink-weight trains the lid layer's readout; add --vae-lid-layer", file=sys.stderr)
+    if args.vae_blink_weight and not (args.vae_lid_layer or get_preset(args.preset).vae_lid_layer):
+        print(f"eartalk train: --vae-blink-weight trains the lid layer's readout, which --preset {args.preset} "
+              "lacks; add --vae-lid-layer", file=sys.stderr)
         return 2
     if args.init_from:
         problem = _init_from_problem(args.init_from, args.preset, overrides)

@@ -106,7 +106,8 @@ class GeneratorConfig:
 
 PRESETS: dict[str, GeneratorConfig] = {
     # CPU default: trains on 2 cores in under an hour; 5.7M parameters (23 MB of fp32 safetensors).
-    "tiny": GeneratorConfig(),
+    # With the decoder's lid layer and blink readout (frame_vae.py): the shipped checkpoint's architecture.
+    "tiny": GeneratorConfig(vae_lid_layer=True),
     # Paper scale for GPUs: 256x256 frames, 16x16 latent grid of 256 tokens, ~330M parameters.
     "base": GeneratorConfig(
         image_size=256,

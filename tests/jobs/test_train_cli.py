@@ -58,6 +58,14 @@ def test_train_refuses_a_missing_dataset_and_config_with_the_cause(tmp_path):
     for flag in ("--mouth-weight", "--vae-region-weight"):
         proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), flag, "-0.5", timeout=120)
         assert proc.returncode == 2 and f"{flag} must be >= 0, got -0.5" in proc.stderr
+    for flag in ("--vae-blink-weight", "--closed-eye-share"):
+        proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), flag, "-0.5", timeout=120)
+        assert proc.returncode == 2 and f"{flag} must be" in proc.stderr and "got -0.5" in proc.stderr
+    proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--closed-eye-share", "1.5", timeout=120)
+    assert proc.returncode == 2 and "--closed-eye-share must be in [0, 1], got 1.5" in proc.stderr
+    proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--preset", "base",
+                   "--vae-blink-weight", "0.5", timeout=120)
+    assert proc.returncode == 2 and "lacks; add --vae-lid-layer" in proc.stderr
     proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--vae-decoder-only", timeout=120)
     assert proc.returncode == 2 and "--vae-decoder-only refines the decoder of an --init-from checkpoint" in proc.stderr
     assert not (tmp_path / "o").exists(), "a refused run wrote output"

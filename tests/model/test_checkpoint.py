@@ -154,7 +154,7 @@ def test_fine_tuning_with_the_lid_layer_grown_starts_from_the_same_frames_and_it
     from model import Generator
     from model.checkpoint import init_from_checkpoint
 
-    old = small_generator()
+    old = small_generator(vae_lid_layer=False)
     path = save_checkpoint(old, tmp_path / "old")
     grown = Generator(dataclasses.replace(old.config, vae_lid_layer=True)).eval()
     assert init_from_checkpoint(grown, path) == {"vae_lid_layer": "lid layer added, blended in at almost zero"}
