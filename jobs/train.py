@@ -79,8 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="add a direct path from the audio tokens to the mouth's latent cells "
                         "(GeneratorConfig.audio_mouth); with --init-from a checkpoint without it, it grows at zero")
     p.add_argument("--vae-lid-layer", action="store_true",
-                   help="give the VAE decoder its lid layer (GeneratorConfig.vae_lid_layer); with --init-from a "
-                        "checkpoint without it, it grows blended in at almost zero")
+                   help="give the VAE decoder its lid layer (GeneratorConfig.vae_lid_layer; the tiny preset has it); "
+                        "with --init-from a checkpoint without it, it grows blended in at almost zero")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (e.g. sqlite:///out/mlflow.db)")
     p.add_argument("--experiment", default="eartalk-train")
     p.add_argument("--max-minutes", type=float, default=None, help="stop stage 2 after this wall time")
