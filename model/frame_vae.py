@@ -15,6 +15,8 @@ where the open eye was; painted from nothing it is a few pixels at 128 px that t
 last (it blurs them), while copied from above the eye it only needs the blend weight to flip there.
 The lid layer also brings a readout of the blink from the latent's eye cells; in training
 (`vae_blink_weight`) it makes the encoder carry the lid, which the decoder can then learn to draw.
+Measured on the shipped checkpoint, the readout is what made the blinks: the decoder gives the lid layer
+at most 8 % of the blend over the eyes and draws the lids with its painted layer (README, phase 7).
 
 Why: a latent of 16x16x8 cannot carry a face's texture sharply, and a blurred face loses its identity
 (and its landmarks) — but a talking head's pixels are almost all the portrait's, moved. So the latent
@@ -74,7 +76,7 @@ class FrameVAE(nn.Module):
     kl_weight = 1e-6
     max_flow = 0.5  # largest displacement, in grid_sample's [-1, 1] units (a quarter of the frame)
     lid_lift = 5.0 / 128  # the lid layer starts sampling this far above each pixel: the lid skin over an eye
-    lid_start_logit = -4.0  # the lid layer's blend logit at the start (weight ~1 %: the decoder as it was)
+    lid_start_logit = -4.0  # the lid layer's blend logit at the start: e^-4 against the mask's ~e^3, ~0.1 % of the blend
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
