@@ -31,7 +31,10 @@ def test_measured_gaze_follows_the_puppets_iris_sweep(shared_media, analyzer, na
     measured -= measured[5]  # relative to the frame looking straight ahead, as training labels are
     assert np.corrcoef(measured, command)[0, 1] > 0.8, measured
     least = 0.5 if axis == "gaze_x" else 0.3  # lids hide part of the iris's vertical travel
-    assert measured[-1] - measured[0] > least, f"a 1.6 gaze sweep moved the measured gaze by {np.ptp(measured):.2f}"
+    # the travel of the least-squares line over all 11 frames: the end frames alone are the noisiest, as the
+    # lids hide most of the iris there (area-averaged crops read obama's lowest gaze back near straight ahead)
+    travel = np.polyfit(command, measured, 1)[0] * (command[-1] - command[0])
+    assert travel > least, f"a 1.6 gaze sweep moved the measured gaze by {travel:.2f} (fitted): {measured.round(2)}"
 
 
 def test_the_puppet_renders_gaze_in_the_estimators_unit():
