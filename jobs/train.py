@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="stage 1: weight of the squared error on the eyes' and mouth's pixels (GeneratorConfig.vae_region_weight)")
     p.add_argument("--vae-blink-weight", type=float, default=None,
                    help="stage 1: weight of the loss reading the blink label from the latent's eye cells "
-                        "(GeneratorConfig.vae_blink_weight; needs --vae-lid-layer)")
+                        "(GeneratorConfig.vae_blink_weight; needs the lid layer, which the tiny preset has)")
     p.add_argument("--closed-eye-share", type=float, default=0.0,
                    help="stage 1: share of frames drawn from the data set's closed-eye frames (blinks are rare)")
     p.add_argument("--vae-decoder-only", action="store_true",

@@ -242,8 +242,10 @@ class BatchSampler:
         for _ in range(self.config.vae_batch_frames):
             clip = self.dataset[int(self.rng.integers(len(self.dataset)))]
             labels = clip.controls[:, column] if column is not None else np.full(clip.frames.shape[0], np.nan)
-            closed = np.flatnonzero(labels < 0.5 * np.nanmedian(labels)) if np.isfinite(labels).any() else []
-            if self.config.closed_eye_share > 0 and len(closed) and self.rng.random() < self.config.closed_eye_share:
+            closed = []  # looked up only when drawn from (every frame of every batch otherwise)
+            if self.config.closed_eye_share > 0 and np.isfinite(labels).any():
+                closed = np.flatnonzero(labels < 0.5 * np.nanmedian(labels))
+            if len(closed) and self.rng.random() < self.config.closed_eye_share:
                 f = int(self.rng.choice(closed))
             else:
                 f = int(self.rng.integers(clip.frames.shape[0] + 1))
