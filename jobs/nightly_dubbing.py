@@ -26,7 +26,7 @@ from nightly.catalog import CatalogError
 from nightly.ledger import LedgerError
 from nightly.plan import DEFAULT_MAX_ATTEMPTS
 from nightly.runner import NightlyConfig, run_nightly, summary_text
-from pipelines.storage import exists
+from storage import exists
 
 
 def _date(value: str) -> str:

@@ -38,7 +38,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from pipelines import storage
+import storage
 
 PORTRAIT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac")

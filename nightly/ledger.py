@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import storage
+import storage
 
 LEDGER_SCHEMA = pa.schema([
     ("pair_id", pa.string()),          # <item>/<language>

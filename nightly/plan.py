@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from pipelines import storage
+import storage
 from nightly.catalog import HashedPair
 from nightly.ledger import Ledger
 

@@ -37,7 +37,7 @@ from nightly.catalog import hash_pairs, read_catalog
 from nightly.ledger import LEDGER_SCHEMA, Ledger
 from nightly.plan import DEFAULT_MAX_ATTEMPTS, NightPlan, manifest_rows, plan_night, row_id, write_manifest
 from nightly.report import ReportInputs, metric_columns_of, render_html
-from pipelines import storage
+import storage
 
 log = logging.getLogger("eartalk.nightly")
 

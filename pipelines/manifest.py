@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from . import storage
+import storage
 
 REQUIRED = ("id", "portrait", "audio")
 OPTIONAL = ("controls", "fps", "seed", "reference_video")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import storage
+import storage
 from .manifest import ManifestError, read_manifest, validate_rows
 from .stages import HEAVY_COLUMNS, RenderActor, load_assets, measure, state_uri, video_uri
 

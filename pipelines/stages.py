@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import storage
+import storage
 from .controls import ControlTrackError, parse_control_track
 
 STATE_DIR = "state"  # <output>/state/<run_id>/<id>.json: a row's result, written once its video is published

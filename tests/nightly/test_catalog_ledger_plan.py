@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import storage
+import storage
 from nightly.catalog import CatalogError, hash_pairs, read_catalog
 from nightly.ledger import LEDGER_SCHEMA, Ledger, LedgerError
 from nightly.plan import manifest_rows, plan_night, row_id, write_manifest

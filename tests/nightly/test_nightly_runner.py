@@ -15,7 +15,7 @@ from nightly.catalog import hash_pairs, read_catalog
 from nightly.ledger import Ledger
 from nightly.plan import manifest_rows, plan_night, write_manifest
 from nightly.runner import NightlyConfig, run_nightly
-from pipelines import storage
+import storage
 from pipelines.stages import state_uri, video_uri
 
 NIGHT = "2026-11-24"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from model import checkpoint_version
-from pipelines import storage
+import storage
 from pipelines.stages import RenderActor, load_assets
 from tests.pipelines.helpers import short_speech
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines import storage
+import storage
 
 
 def test_relative_paths_with_dot_dot_resolve_to_the_real_s3_key(s3_server, s3_bucket):
