@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up a fresh machine first (idempotent).
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 setup:
 	bash scripts/setup.sh
 
@@ -10,3 +10,7 @@ demo: setup
 # The full CI suite (real Ray, moto S3 server, MLflow, ffmpeg, Chromium).
 test: setup
 	.venv/bin/python -m pytest
+
+# The tests that start no service and train nothing (markers in pyproject.toml, set by tests/conftest.py).
+test-fast: setup
+	.venv/bin/python -m pytest -m "not slow"

@@ -2,6 +2,11 @@
 
 Every fixture here starts the genuine component on loopback; nothing is mocked. Session-scoped where
 starting is slow (Ray, the S3 server), function-scoped where state must not leak (MLflow stores, buckets).
+
+The test tiers (markers registered in pyproject.toml): a test that uses one of the service fixtures below
+is marked for that service (`ray`, `s3`, `mlflow_server`, `browser`) when collected; tests that start a
+service some other way (a subprocess, `ray start`) or that train carry the mark themselves. Every such
+test is also `slow`, the umbrella `make test-fast` deselects (`pytest -m "not slow"`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,55 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = REPO_ROOT.parent / "shared" / "media"
 CODEC2_SPEECH = Path("/usr/share/codec2/raw/speech_orig_16k.wav")  # Debian codec2-examples, Harvard sentences
+
+
+# ---------------------------------------------------------------- test tiers
+
+# fixture -> the marker of the service it starts; fixtures that depend on these are followed by pytest
+SERVICE_FIXTURES = {
+    "ray_local": "ray",
+    "s3_server": "s3",
+    "s3_bucket": "s3",
+    "mlflow_server": "mlflow_server",
+    "inspect_in_chromium": "browser",
+}
+# a test carrying any of these is slow as well
+SLOW_MARKERS = ("ray", "s3", "mlflow_server", "browser", "training")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so the added marks count
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker in sorted({SERVICE_FIXTURES[name] for name in item.fixturenames if name in SERVICE_FIXTURES}):
+            item.add_marker(marker)
+        if any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+            item.add_marker("slow")
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")  # never imports Ray itself
+    return ray is not None and ray.is_initialized()
+
+
+def _refuse_unmarked_ray(item, phase):
+    """A test (or its fixtures) that starts Ray in this process without the `ray` mark fails: unmarked, it
+    would run in the fast tier. Ray started in a subprocess is out of sight here."""
+    ray_before = _ray_running()
+    result = yield
+    if not ray_before and _ray_running() and item.get_closest_marker("ray") is None:
+        pytest.fail(f"{item.nodeid} starts Ray in its {phase} but is not marked `ray` (use the ray_local "
+                    "fixture or @pytest.mark.ray)", pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _refuse_unmarked_ray(item, "setup"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _refuse_unmarked_ray(item, "call"))
 
 
 def free_port() -> int:

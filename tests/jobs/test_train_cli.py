@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -22,6 +24,7 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env)
 
 
+@pytest.mark.training
 def test_train_synthetic_end_to_end_installs_a_loadable_checkpoint(tmp_path, mlflow_tracking_uri):
     from model import load_checkpoint
 

@@ -19,6 +19,7 @@ from tests.conftest import REPO_ROOT, free_port, wait_for_port
 from tests.pipelines.helpers import check_video, short_speech, write_jsonl
 
 RAY = str(Path(sys.executable).parent / "ray")
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from training.loops import TrainConfig, load_deepspeed_config, lr_lambda, train
 from training.shards import ClipDataset
 from training.synthetic import SyntheticConfig, build_synthetic_dataset
 
+pytestmark = pytest.mark.training
+
 # a micro generator (the tiny preset's layout, narrower and shallower) so that a CPU step takes ~0.1 s
 MICRO = dict(image_size=64, vae_channels=(8, 16, 32), latent_channels=4, d_model=64, n_layers=1, n_heads=2,
              window_frames=4)
