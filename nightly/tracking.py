@@ -10,7 +10,7 @@ happened, and timestamp = when it was logged: MLflow's latest value of a metric 
 (step, timestamp, value), so a re-run of the night, logging at the same step, must log later to replace
 the figures of the earlier try (on a tie, the largest value would win).
 
-The documented query (README, section nightly)::
+The documented query (docs/nightly.md)::
 
     mlflow.search_runs(
         experiment_names=["eartalk-nightly"],

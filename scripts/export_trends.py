@@ -3,7 +3,7 @@
     .venv/bin/python scripts/export_trends.py --tracking-uri http://mlflow:5000 --nights 30 --out out/trends \\
         [--by language|model_version] [--catalog s3://eartalk-catalog/dubbing]
 
-Reads the nightly runs with the query documented in nightly/tracking.py (README, section nightly).
+Reads the nightly runs with the query documented in nightly/tracking.py (docs/nightly.md).
 """
 
 from __future__ import annotations

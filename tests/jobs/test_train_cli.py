@@ -94,7 +94,7 @@ def test_train_refuses_bad_preset_and_step_counts_before_writing_anything(tmp_pa
         assert not out.exists(), f"{args}: a refused run wrote output"
 
 
-# exactly README's multi-GPU command (section training)
+# exactly docs/training.md's multi-GPU command
 DEEPSPEED_COMMAND = ("deepspeed --num_gpus 8 --module jobs.train --dataset out/hdtf-shards "
                      "--output s3://bucket/runs/r2 --deepspeed-config configs/train/gpu_bf16_zero2.json")
 
