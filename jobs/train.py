@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import storage
+
 log = logging.getLogger("eartalk.train")
 
 
@@ -94,9 +96,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from training.checkpointing import copy_checkpoint
     from model import PRESETS, get_preset
+    from training.checkpointing import copy_checkpoint
     from training.loops import DEFAULT_DEEPSPEED_CONFIG, TrainConfig, train
+
+    # S3 settings are read once and handed to each storage call, the way the render driver does
+    options = storage.StorageOptions.from_env()
 
     # preflight: fail fast on inputs that cannot work, before anything is written
     if args.preset not in PRESETS:
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
               "lacks; add --vae-lid-layer", file=sys.stderr)
         return 2
     if args.init_from:
-        problem = _init_from_problem(args.init_from, args.preset, overrides)
+        problem = _init_from_problem(args.init_from, args.preset, overrides, options)
         if problem:
             print(f"eartalk train: --init-from {args.init_from} {problem}", file=sys.stderr)
             return 2
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("config: %s", json.dumps(config.__dict__, default=str))
     result = train(config)
     if args.install and result.final_checkpoint:
-        installed = copy_checkpoint(result.final_checkpoint, args.install)
+        installed = copy_checkpoint(result.final_checkpoint, args.install, options)
         log.info("installed %s -> %s", result.final_checkpoint, installed)
     summary = {"output": result.output, "final_checkpoint": result.final_checkpoint, "steps": result.steps_done,
                "run_id": result.run_id, "minutes": round((time.monotonic() - started) / 60, 2),
@@ -183,16 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _init_from_problem(uri: str, preset: str, overrides: dict) -> str | None:
+def _init_from_problem(uri: str, preset: str, overrides: dict, options: storage.StorageOptions) -> str | None:
     """Why a fine-tuning run cannot start from `uri`, or None: checked before a data set is built."""
     import dataclasses
-
-    import fsspec
 
     from model import GeneratorConfig, get_preset
     from model.checkpoint import fine_tune_refusals
 
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = storage.filesystem(uri, options)
     config_path = f"{path.rstrip('/')}/config.json"
     if not fs.exists(config_path):
         return "holds no model checkpoint (config.json)"

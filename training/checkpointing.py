@@ -11,7 +11,8 @@ Layout under the run's output URI:
     final/model.safetensors, final/config.json     the finished model, what load_checkpoint reads
 
 Steps count globally across both stages (the VAE's steps first), so one number orders every
-checkpoint of a run. Saving writes into a local temporary folder and uploads it with fsspec.
+checkpoint of a run. Saving writes into a local temporary folder and uploads it through `storage`; S3
+settings arrive as `storage.StorageOptions`, as everywhere else (None: the storage module's defaults).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import fsspec
 import torch
+
+import storage
+from storage import StorageOptions
 
 LATEST = "LATEST"
 
@@ -37,19 +40,21 @@ class TrainerState:
     rng: dict
 
 
-def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(uri)
+def _fs(uri: str, options: StorageOptions | None):
+    """(filesystem, path without a trailing slash), so paths below it join with one '/'."""
+    fs, path = storage.filesystem(uri, options)
     return fs, path.rstrip("/")
 
 
-def _upload(local: Path, uri: str) -> None:
-    fs, path = _fs(uri)
+def _upload(local: Path, uri: str, options: StorageOptions | None) -> None:
+    fs, path = _fs(uri, options)
     fs.makedirs(path, exist_ok=True)
     for file in sorted(local.iterdir()):
         fs.put_file(str(file), f"{path}/{file.name}")
 
 
-def save_training_checkpoint(output_uri: str, generator: torch.nn.Module, state: TrainerState) -> str:
+def save_training_checkpoint(output_uri: str, generator: torch.nn.Module, state: TrainerState,
+                             options: StorageOptions | None = None) -> str:
     """Write a checkpoint for `state.step` and point LATEST at it; returns its URI."""
     from model import save_checkpoint
 
@@ -60,16 +65,16 @@ def save_training_checkpoint(output_uri: str, generator: torch.nn.Module, state:
         save_checkpoint(generator, local)
         torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "rng": state.rng}, local / "trainer.pt")
         (local / "trainer.json").write_text(json.dumps({"stage": state.stage, "step": state.step}) + "\n")
-        _upload(local, target)
-    fs, root = _fs(output_uri)
+        _upload(local, target, options)
+    fs, root = _fs(output_uri, options)
     with fs.open(f"{root}/checkpoints/{LATEST}", "w") as f:
         f.write(name)
     return target
 
 
-def latest_checkpoint(output_uri: str) -> str | None:
+def latest_checkpoint(output_uri: str, options: StorageOptions | None = None) -> str | None:
     """URI of the newest complete checkpoint of a run, or None for a fresh run."""
-    fs, root = _fs(output_uri)
+    fs, root = _fs(output_uri, options)
     marker = f"{root}/checkpoints/{LATEST}"
     if not fs.exists(marker):
         return None
@@ -78,11 +83,11 @@ def latest_checkpoint(output_uri: str) -> str | None:
     return f"{output_uri.rstrip('/')}/checkpoints/{name}"
 
 
-def load_training_checkpoint(uri: str) -> tuple[torch.nn.Module, TrainerState]:
+def load_training_checkpoint(uri: str, options: StorageOptions | None = None) -> tuple[torch.nn.Module, TrainerState]:
     """The generator and trainer state saved at `uri` (downloaded first when remote)."""
     from model import load_checkpoint
 
-    fs, path = _fs(uri)
+    fs, path = _fs(uri, options)
     if not fs.exists(f"{path}/trainer.json"):
         raise FileNotFoundError(f"{uri}: not a training checkpoint (no trainer.json)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,19 +103,19 @@ def load_training_checkpoint(uri: str) -> tuple[torch.nn.Module, TrainerState]:
     return generator, state
 
 
-def save_final(output_uri: str, generator: torch.nn.Module) -> str:
+def save_final(output_uri: str, generator: torch.nn.Module, options: StorageOptions | None = None) -> str:
     from model import save_checkpoint
 
     target = f"{output_uri.rstrip('/')}/final"
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(generator, Path(tmp))
-        _upload(Path(tmp), target)
+        _upload(Path(tmp), target, options)
     return target
 
 
-def copy_checkpoint(uri: str, local_dir: str | Path) -> Path:
+def copy_checkpoint(uri: str, local_dir: str | Path, options: StorageOptions | None = None) -> Path:
     """Download a model checkpoint (model.safetensors + config.json) into a local folder."""
-    fs, path = _fs(uri)
+    fs, path = _fs(uri, options)
     local = Path(local_dir)
     if local.exists():
         shutil.rmtree(local)
