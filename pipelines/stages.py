@@ -131,6 +131,7 @@ class RenderActor:
 
         from media import Mp4Writer
         from model import RenderRequest
+        from model.frames import images_to_tensor, tensor_to_images
 
         requests, writers, paths = [], [], []
         try:
@@ -139,14 +140,14 @@ class RenderActor:
                 audio = np.frombuffer(r["audio_pcm"], np.float32)
                 controls = {k: torch.tensor([np.nan if v is None else v for v in t], dtype=torch.float32)
                             for k, t in json.loads(r["controls_json"] or "{}").items()}
-                requests.append(RenderRequest(torch.from_numpy(portrait.copy()).permute(2, 0, 1).float() / 255.0,
+                requests.append(RenderRequest(images_to_tensor(portrait),
                                               torch.from_numpy(audio.copy()), float(r["fps"]), controls or None, int(r["seed"])))
                 paths.append(self.workdir / f"{r['id']}.mp4")
                 writers.append(Mp4Writer(paths[-1], float(r["fps"])))
             render_s, encode_s = 0.0, [0.0] * len(rows)
             t0 = time.perf_counter()
             for t, frames in enumerate(self.generator.stream(requests)):
-                images = (frames.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                images = tensor_to_images(frames)  # (B, S, S, 3) uint8
                 t1 = time.perf_counter()
                 render_s += t1 - t0
                 for i, r in enumerate(rows):
