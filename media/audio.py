@@ -1,4 +1,5 @@
-"""Audio decode with PyAV (WAV, FLAC, MP3, M4A/AAC, OGG, or the audio track of a video), resampled to mono."""
+"""Audio decode with PyAV (WAV, FLAC, MP3, M4A/AAC, OGG, or the audio track of a video), resampled to mono
+at model.AUDIO_SAMPLE_RATE unless a caller asks for another rate."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from pathlib import Path
 import av
 import numpy as np
 
-MODEL_SAMPLE_RATE = 16_000  # Hz
+from model import AUDIO_SAMPLE_RATE
 
 
 class MediaError(ValueError):
     """An input file that cannot be used; the message names the file and the cause."""
 
 
-def load_audio(path: str | Path, sample_rate: int = MODEL_SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream of `path` to float32 mono at `sample_rate`: shape (N,)."""
     path = Path(path)
     if not path.is_file():

@@ -14,7 +14,9 @@ from typing import Iterable
 import av
 import numpy as np
 
-from .audio import MODEL_SAMPLE_RATE, MediaError, load_audio
+from model import AUDIO_SAMPLE_RATE
+
+from .audio import MediaError, load_audio
 
 AAC_FRAME = 1024  # samples per AAC frame
 CRF = "18"  # x264 quality: visually lossless for our small frames
@@ -28,7 +30,7 @@ def fps_fraction(fps: float) -> Fraction:
 class Mp4Writer:
     """Incremental H.264 (yuv420p) + AAC writer: add frames as they are generated, then `close(audio)`."""
 
-    def __init__(self, path: str | Path, fps: float, audio_sample_rate: int | None = MODEL_SAMPLE_RATE):
+    def __init__(self, path: str | Path, fps: float, audio_sample_rate: int | None = AUDIO_SAMPLE_RATE):
         self.path = Path(path)
         self.fps = fps
         self.frames = 0
@@ -82,7 +84,7 @@ class Mp4Writer:
 
 
 def encode_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, audio: np.ndarray | None,
-               sample_rate: int = MODEL_SAMPLE_RATE) -> int:
+               sample_rate: int = AUDIO_SAMPLE_RATE) -> int:
     """Write (H, W, 3) uint8 RGB frames + mono float audio to an MP4 at `path`. Returns the frame count."""
     writer = Mp4Writer(path, fps, sample_rate if audio is not None else None)
     try:
@@ -102,7 +104,7 @@ class VideoClip:
     sample_rate: int
 
 
-def read_video(path: str | Path, sample_rate: int = MODEL_SAMPLE_RATE, max_frames: int | None = None) -> VideoClip:
+def read_video(path: str | Path, sample_rate: int = AUDIO_SAMPLE_RATE, max_frames: int | None = None) -> VideoClip:
     """Decode every video frame (RGB) and the audio track (mono at `sample_rate`)."""
     path = Path(path)
     if not path.is_file():

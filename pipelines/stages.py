@@ -2,7 +2,8 @@
 
 Rows flow through every stage; a row that failed keeps `status == "failed"` and its `error`, and later
 stages pass it through untouched. Heavy inputs travel as small bytes columns (an aligned 128 px
-portrait, 16 kHz audio); videos never do: the render actor encodes and uploads each MP4 itself.
+portrait, mono audio at model.AUDIO_SAMPLE_RATE); videos never do: the render actor encodes and uploads
+each MP4 itself.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def short_error(stage: str, row: dict, e: BaseException) -> str:
 
 
 def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions) -> dict:
-    """Portrait -> aligned canonical crop; audio -> 16 kHz mono; control track -> per-frame values."""
+    """Portrait -> aligned canonical crop; audio -> mono at model.AUDIO_SAMPLE_RATE; control track -> per-frame values."""
     from faces import NoFaceError, align_face
     from media import MediaError, load_audio, load_image
     from model import num_frames_for

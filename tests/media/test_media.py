@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from media import MediaError, Mp4Writer, encode_mp4, load_audio, load_image, probe_video, read_video
+from model import AUDIO_SAMPLE_RATE
 
 
 def ffprobe(path: Path) -> dict:
@@ -23,13 +24,13 @@ def test_load_audio_resamples_48k_stereo_speech_to_16k_mono(shared_media):
     samples = load_audio(wav)
     duration_s = float(ffprobe(wav)["format"]["duration"])
     assert samples.dtype == np.float32 and samples.ndim == 1
-    assert abs(samples.size / 16_000 - duration_s) < 0.01
+    assert abs(samples.size / AUDIO_SAMPLE_RATE - duration_s) < 0.01
     assert 0.01 < np.abs(samples).max() <= 1.0  # real speech, not silence
 
 
 def test_load_audio_reads_the_audio_track_of_a_video(shared_media):
     samples = load_audio(shared_media / "video" / "talking_512px_8s.mp4")
-    assert abs(samples.size / 16_000 - 8.0) < 0.1
+    assert abs(samples.size / AUDIO_SAMPLE_RATE - 8.0) < 0.1
 
 
 def test_load_audio_errors_name_the_file_and_cause(tmp_path, astronaut_png):
@@ -60,7 +61,7 @@ def test_load_image_decodes_rgb_and_rejects_corrupt_files(shared_media, tmp_path
 
 def test_encode_mp4_round_trip_is_h264_aac_with_the_audio_duration(tmp_path, speech_wav):
     fps, seconds = 25, 1.2
-    audio = load_audio(speech_wav)[: int(seconds * 16_000)]
+    audio = load_audio(speech_wav)[: int(seconds * AUDIO_SAMPLE_RATE)]
     ramp = np.linspace(0, 255, 30, dtype=np.uint8)
     frames = [np.full((64, 64, 3), ramp[i], np.uint8) for i in range(30)]
     path = tmp_path / "clip.mp4"
@@ -78,7 +79,7 @@ def test_encode_mp4_round_trip_is_h264_aac_with_the_audio_duration(tmp_path, spe
     assert clip.frames.shape == (30, 64, 64, 3) and clip.fps == fps
     # x264 at CRF 18 keeps flat frames within a few grey levels
     assert np.abs(clip.frames.mean(axis=(1, 2, 3)) - ramp.astype(float)).max() < 4
-    assert abs(clip.audio.size - audio.size) < 16_000 / fps
+    assert abs(clip.audio.size - audio.size) < AUDIO_SAMPLE_RATE / fps
 
 
 def test_mp4_writer_refuses_an_empty_video_and_probe_names_bad_files(tmp_path):

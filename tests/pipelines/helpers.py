@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model import AUDIO_SAMPLE_RATE
+
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -15,8 +17,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def short_speech(src: Path, dst: Path, seconds: float) -> Path:
-    """The first `seconds` of a real speech file, as 16 kHz mono WAV (keeps the suite fast)."""
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-t", str(seconds), "-ac", "1", "-ar", "16000", str(dst)],
+    """The first `seconds` of a real speech file, as mono WAV at the model's rate (keeps the suite fast)."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-t", str(seconds), "-ac", "1", "-ar", str(AUDIO_SAMPLE_RATE), str(dst)],
                    check=True)
     return dst
 
@@ -42,5 +44,5 @@ def check_video(path: Path, expected_audio_s: float, fps: float = 25.0) -> dict:
     clip = read_video(path)
     assert clip.frames.shape[0] == frames
     assert clip.frames.std() > 1.0  # not a blank video
-    assert clip.audio is not None and abs(clip.audio.size / 16000 - expected_audio_s) < 0.15
+    assert clip.audio is not None and abs(clip.audio.size / AUDIO_SAMPLE_RATE - expected_audio_s) < 0.15
     return {"frames": frames, "duration_s": duration}
