@@ -6,6 +6,10 @@ of either sign would cancel out); a metric regresses when it got worse (by its d
 metrics.schema) by more than its threshold. Thresholds are absolute allowed worsening in the metric's
 units (`DEFAULT_THRESHOLDS`; others: 10 % of the baseline's magnitude); a JSON file maps metric names
 to numbers to override them. `quality/failure_rate` is compared too (threshold 0.05).
+
+Timings (`metrics.schema.TIMING_COLUMNS`: seconds spent rendering, encoding and measuring a row) are
+reported beside the metrics, mean against mean, and never regress a run: they measure how busy the
+machine was, so a loaded night would otherwise read as a worse model.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import aggregate_metrics
-from .schema import ABS_LOWER_IS_BETTER, HIGHER_IS_BETTER, LOWER_IS_BETTER, METRIC_COLUMNS, REPORT_METRIC, read_results
+from .schema import METRIC_COLUMNS, REPORT_METRIC, TIMING_COLUMNS, direction, read_results, worst_rows
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "sync_offset_frames": 1.0, "sync_confidence": 0.05, "identity_distance_mean": 0.05, "identity_distance_max": 0.08,
@@ -29,7 +33,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "brisque": 3.0, "ref_psnr": 0.5, "ref_ssim": 0.02, "ref_lmd": 1.0, "failure_rate": 0.05,
 }
 RELATIVE_DEFAULT = 0.10
-WORST_ROWS = 5
+WORST_COLUMNS = ("id", "status", "error", "output_uri")  # shown for each worst row, beside the ranking metric
+TIMING_TABLE_COLUMNS = ["metric", "baseline", "current", "delta"]  # seconds
 TAG_KEYS = ("eartalk.tag", "eartalk.baseline")  # a baseline may be named by one of these tags' values
 
 
@@ -46,22 +51,19 @@ class Comparison:
     regressed: bool
     current: pd.DataFrame = field(repr=False)
     baseline: pd.DataFrame = field(repr=False)
+    timings: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TIMING_TABLE_COLUMNS))
+
+    @property
+    def regressed_metrics(self) -> list[str]:
+        return [str(m) for m in self.table.loc[self.table["regressed"].astype(bool), "metric"]]
 
     def to_json(self) -> dict:
         rows = json.loads(self.table.to_json(orient="records"))
         worst = json.loads(self.worst_rows.to_json(orient="records"))
+        timings = json.loads(self.timings.to_json(orient="records"))
         return {"run": self.run_id, "baseline": self.baseline_run_id, "regressed": self.regressed,
-                "regressed_metrics": [r["metric"] for r in rows if r["regressed"]], "metrics": rows, "worst_rows": worst}
-
-
-def direction(metric: str) -> str:
-    if metric in HIGHER_IS_BETTER:
-        return "higher"
-    if metric in LOWER_IS_BETTER or metric == "failure_rate":
-        return "lower"
-    if metric in ABS_LOWER_IS_BETTER:
-        return "abs_lower"
-    return "none"
+                "regressed_metrics": self.regressed_metrics, "metrics": rows, "timings": timings,
+                "worst_rows": worst}
 
 
 def load_thresholds(path: str | Path | None) -> dict[str, float]:
@@ -74,10 +76,15 @@ def load_thresholds(path: str | Path | None) -> dict[str, float]:
         raise CompareError(f"{path}: cannot read thresholds ({e})") from None
     if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
         raise CompareError(f"{path}: thresholds must be a JSON object of metric name -> number")
-    unknown = sorted(set(data) - set(METRIC_COLUMNS) - {"failure_rate"})
+    unknown = sorted(set(data) - set(judged_metrics()))
     if unknown:
         raise CompareError(f"{path}: unknown metric(s) {unknown}")
     return thresholds | {k: float(v) for k, v in data.items()}
+
+
+def judged_metrics() -> list[str]:
+    """The metrics a comparison judges: those with a direction, and the failure rate."""
+    return [m for m in METRIC_COLUMNS if direction(m) != "none"] + ["failure_rate"]
 
 
 def compare_frames(current: pd.DataFrame, baseline: pd.DataFrame, thresholds: dict[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -85,8 +92,7 @@ def compare_frames(current: pd.DataFrame, baseline: pd.DataFrame, thresholds: di
     thresholds = thresholds or dict(DEFAULT_THRESHOLDS)
     cur_agg, base_agg = aggregate_metrics(current), aggregate_metrics(baseline)
     rows = []
-    names = [m for m in METRIC_COLUMNS if direction(m) != "none"] + ["failure_rate"]
-    for metric in names:
+    for metric in judged_metrics():
         way = direction(metric)
         stat = "abs_mean" if way == "abs_lower" else "mean"
         key = "quality/failure_rate" if metric == "failure_rate" else f"quality/{metric}/{stat}"
@@ -98,22 +104,24 @@ def compare_frames(current: pd.DataFrame, baseline: pd.DataFrame, thresholds: di
         rows.append({"metric": metric, "baseline": b, "current": c, "delta": c - b, "threshold": limit,
                      "direction": way, "regressed": bool(worse_by > limit)})
     table = pd.DataFrame(rows, columns=["metric", "baseline", "current", "delta", "threshold", "direction", "regressed"])
-    return table, worst_rows(current)
+    worst = worst_rows(current).reindex(columns=[c for c in WORST_COLUMNS if c in current] + [REPORT_METRIC])
+    return table, worst
 
 
-def worst_rows(results: pd.DataFrame, metric: str = REPORT_METRIC, count: int = WORST_ROWS) -> pd.DataFrame:
-    """The `count` rows worst by `metric` (failed rows first), with id, status, error and the metric."""
-    columns = [c for c in ("id", "status", "error", "output_uri", metric) if c in results]
-    frame = results[columns].copy()
-    if metric not in frame:
-        frame[metric] = np.nan
-    value = pd.to_numeric(frame[metric], errors="coerce")
-    way = direction(metric)
-    badness = -value if way == "higher" else (value.abs() if way == "abs_lower" else value)
-    frame["_failed"] = (frame["status"] != "ok") if "status" in frame else False
-    frame["_bad"] = badness.fillna(np.inf)
-    frame = frame.sort_values(["_failed", "_bad"], ascending=[False, False]).head(count)
-    return frame.drop(columns=["_failed", "_bad"]).reset_index(drop=True)
+def compare_timings(current: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """Mean seconds per 'ok' row of each timing column both tables measured: reported, never judged."""
+    def mean_s(results: pd.DataFrame, column: str) -> float:
+        ok = results[results["status"] == "ok"] if "status" in results else results
+        values = pd.to_numeric(ok[column], errors="coerce").to_numpy(np.float64) if column in ok else np.array([])
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if values.size else math.nan
+
+    rows = []
+    for column in TIMING_COLUMNS:
+        b, c = mean_s(baseline, column), mean_s(current, column)
+        if not (math.isnan(b) or math.isnan(c)):
+            rows.append({"metric": column, "baseline": b, "current": c, "delta": c - b})
+    return pd.DataFrame(rows, columns=TIMING_TABLE_COLUMNS)
 
 
 def resolve_run(client, run_or_tag: str) -> str:
@@ -148,7 +156,8 @@ def compare_runs(run: str, baseline: str, tracking_uri: str | None = None, thres
     run_id, baseline_id = resolve_run(client, run), resolve_run(client, baseline)
     current, base = run_results(client, run_id), run_results(client, baseline_id)
     table, worst = compare_frames(current, base, thresholds)
-    return Comparison(run_id, baseline_id, table, worst, bool(table["regressed"].any()), current, base)
+    return Comparison(run_id, baseline_id, table, worst, bool(table["regressed"].any()), current, base,
+                      compare_timings(current, base))
 
 
 def markdown_report(comparison: Comparison) -> str:
@@ -166,6 +175,11 @@ def markdown_report(comparison: Comparison) -> str:
               "|" + "---|" * len(comparison.worst_rows.columns)]
     for r in comparison.worst_rows.itertuples(index=False):
         lines.append("| " + " | ".join(fmt(v) for v in r) + " |")
+    if len(comparison.timings):
+        lines += ["", "## Timings (mean seconds per rendered row; the machine's load, not judged)", "",
+                  "| timing | baseline | current | delta |", "|---|---|---|---|"]
+        for r in comparison.timings.itertuples():
+            lines.append(f"| {r.metric} | {fmt(r.baseline)} | {fmt(r.current)} | {fmt(r.delta)} |")
     lines += ["", "![distributions](distributions.png)", ""]
     return "\n".join(lines)
 

@@ -22,7 +22,7 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pandas as pd
 
@@ -35,9 +35,6 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_FPS = 25.0
 FPS_RANGE = (1.0, 60.0)
 SEED_RANGE = (0, 2**63)  # [low, high): a seed travels as an Arrow int64 through Ray Data
-# columns the pipeline adds to each row (pipelines/stages.py); besides these, every results column is reserved
-PIPELINE_COLUMNS = ("row", "tags", "output_root", "num_frames", "load_s", "upload_s", "engine", "portrait_rgb",
-                    "audio_pcm", "controls_json")
 
 
 class ManifestError(ValueError):
@@ -97,10 +94,13 @@ def read_manifest(uri: str, options: storage.StorageOptions | None = None) -> pd
 
 
 def reserved_columns() -> set[str]:
-    """Names a manifest's free-form tag columns may not take: results columns and the pipeline's own."""
-    from metrics.schema import BASE_COLUMNS, METRIC_COLUMNS
+    """Names a manifest's free-form tag columns may not take: the results table's columns, and the fields of
+    a ManifestRow (`row` orders the results). Tags travel through Ray Data inside one JSON column, `tags`,
+    and only result columns and tags are kept of a row's record, so the pipeline's other columns never clash."""
+    from metrics.schema import KNOWN_COLUMNS
 
-    return (set(BASE_COLUMNS) | set(METRIC_COLUMNS) | set(PIPELINE_COLUMNS)) - set(REQUIRED + OPTIONAL)
+    row_fields = {f.name for f in fields(ManifestRow)}
+    return (set(KNOWN_COLUMNS) | row_fields) - set(REQUIRED + OPTIONAL)
 
 
 def _text(value) -> str | None:

@@ -4,7 +4,7 @@
 Outputs under `output_uri`:
 
     videos/<id>.mp4              H.264 yuv420p + AAC of the input speech, published only when complete
-    state/<run_id>/<id>.json     a row's result, published right after its video (resume reads these)
+    state/<run_id>/<id>.json     a row's final result, published once, after its video (resume reads these)
     results/<run_id>.parquet     one row per manifest row (ok / failed / skipped), metrics.schema columns
 
 Re-running with the same run id skips rows whose video and state record exist (status 'skipped',
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
@@ -25,12 +24,18 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 import storage
+from metrics.schema import results_frame, write_results
+
 from .manifest import ManifestError, read_manifest, validate_rows
-from .stages import HEAVY_COLUMNS, RenderActor, load_assets, measure, state_uri, video_uri
+from .stages import HEAVY_COLUMNS, RenderActor, load_assets, measure, record, state_uri, video_uri
+
+if TYPE_CHECKING:
+    from model import GeneratorConfig
 
 log = logging.getLogger("eartalk.render")
 
@@ -39,6 +44,7 @@ ROWS_PER_RENDER_BATCH = 4  # videos rendered together by one actor call: keeps a
 RENDER_CPUS_PER_ACTOR = 1  # CPU actors: one core each locally; GPU actors need little CPU beside the encode
 LOAD_CPUS = 1  # image decode + face alignment + audio resample per row
 METRICS_CPUS = 1  # landmarking a video is single-threaded dlib
+RECORD_CPUS = METRICS_CPUS  # one small upload per row; the same CPUs as the metrics, so Ray Data fuses the two
 EXPERIMENT = "eartalk-render"
 
 
@@ -127,29 +133,6 @@ def previous_results(rows, config: RenderConfig, run_id: str, options) -> dict[s
     return done
 
 
-def results_frame(records: list[dict], tag_columns: list[str]) -> pd.DataFrame:
-    from metrics.schema import BASE_COLUMNS, METRIC_COLUMNS
-
-    df = pd.DataFrame.from_records(records)
-    for c in list(BASE_COLUMNS) + list(METRIC_COLUMNS) + tag_columns:
-        if c not in df:
-            df[c] = None
-    return df[list(BASE_COLUMNS) + list(METRIC_COLUMNS) + tag_columns]
-
-
-def write_results(df: pd.DataFrame, uri: str, tag_columns: list[str], options) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from metrics.schema import results_schema
-
-    schema = results_schema(tag_columns)
-    table = pa.Table.from_pandas(df.astype(object).where(df.notna(), None), schema=schema, preserve_index=False)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    storage.publish_bytes(buffer.getvalue(), uri, options)
-
-
 def run_render(config: RenderConfig) -> RenderOutcome:
     import ray
 
@@ -166,13 +149,7 @@ def run_render(config: RenderConfig) -> RenderOutcome:
     done = previous_results(rows, config, run_id, options)
     todo = [r for r in rows if r.id not in done]
 
-    from model import load_checkpoint  # fail fast (exit 2) on a bad checkpoint, before starting actors
-
-    with storage_local_checkpoint(checkpoint, options) as local:
-        cfg = load_checkpoint(local).config
-        from model import checkpoint_version
-
-        model_version = checkpoint_version(local)
+    model_config, model_version = checkpoint_facts(checkpoint, options)
     log.info("run %s: %d rows (%d invalid, %d already done), checkpoint %s (%s)", run_id, len(manifest),
              len(failures), len(done), checkpoint, model_version)
 
@@ -186,8 +163,10 @@ def run_render(config: RenderConfig) -> RenderOutcome:
         ds = ray.data.from_items(items)
         # INPUT: manifest rows. OUTPUT: + aligned portrait / audio / controls bytes, status, error. 1:1.
         # CPU tasks: decode and face alignment are per-row CPU work that must not stall the generator actors.
-        ds = ds.map(load_assets, fn_kwargs={"image_size": cfg.image_size, "options": options}, num_cpus=LOAD_CPUS)
-        # INPUT: loaded rows. OUTPUT: result columns (heavy columns dropped); MP4s published by the actor.
+        ds = ds.map(load_assets, fn_kwargs={"image_size": model_config.image_size, "options": options},
+                    num_cpus=LOAD_CPUS)
+        # INPUT: loaded rows. OUTPUT: result columns (+ controls_json; portrait and audio dropped); MP4s
+        # published by the actor.
         # One generator per actor (loaded once); ROWS_PER_RENDER_BATCH videos per call share each frame step.
         ds = ds.map_batches(
             RenderActor,
@@ -201,6 +180,9 @@ def run_render(config: RenderConfig) -> RenderOutcome:
         if config.metrics:
             # INPUT: result rows. OUTPUT: + metric columns. CPU tasks; reads each published MP4 back.
             ds = ds.map(measure, fn_kwargs={"options": options}, num_cpus=METRICS_CPUS)
+        # INPUT: result rows. OUTPUT: the same rows without stage inputs; each ok row's state record published.
+        # Last, so that a row's record is written once and holds its final result (what resume trusts).
+        ds = ds.map(record, fn_kwargs={"options": options}, num_cpus=RECORD_CPUS)
         t0 = time.perf_counter()
         rendered = list(ds.iter_rows())
         stage_s["pipeline"] = time.perf_counter() - t0
@@ -226,16 +208,35 @@ def run_render(config: RenderConfig) -> RenderOutcome:
     records.sort(key=lambda rec: rec["row"])
     results = results_frame(records, tag_columns)
     results_uri = storage.join(config.output_uri, "results", f"{run_id}.parquet")
-    write_results(results, results_uri, tag_columns, options)
+    write_results(results, results_uri, options)
 
     counts = {s: int((results["status"] == s).sum()) for s in ("ok", "failed", "skipped")}
     frames = int(results.loc[results["status"] == "ok", "frames"].fillna(0).sum())
     wall_s = time.perf_counter() - started
     failed_fraction = counts["failed"] / max(1, len(results))
     exit_code = 1 if failed_fraction > config.max_failed_fraction else 0
-    mlflow_run_id = log_to_mlflow(config, run_id, checkpoint, cfg, model_version, results, results_uri, counts,
+    mlflow_run_id = log_to_mlflow(config, run_id, checkpoint, model_config, model_version, results, results_uri, counts,
                                   frames, wall_s, stage_s)
     return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results, stage_s)
+
+
+def checkpoint_facts(uri: str, options: storage.StorageOptions) -> tuple[GeneratorConfig, str]:
+    """(GeneratorConfig, version) of a checkpoint, read from its config.json and weights' bytes.
+
+    The driver needs only the image size, the config and the version; the actors load the model, once
+    each. A missing checkpoint, a foreign config.json or pickled weights fail here (exit 2), before any
+    actor starts.
+    """
+    from model import checkpoint_version
+    from model.checkpoint import WEIGHTS_FILE, read_config, refuse_pickle
+
+    with storage_local_checkpoint(uri, options) as local:
+        model_config, _ = read_config(local)
+        weights = local / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ConfigError(f"checkpoint {uri} has no {WEIGHTS_FILE}")
+        refuse_pickle(weights)
+        return model_config, checkpoint_version(local)
 
 
 class storage_local_checkpoint:
@@ -258,8 +259,8 @@ class storage_local_checkpoint:
         self.tmp.cleanup()
 
 
-def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, cfg, model_version: str, results: pd.DataFrame,
-                  results_uri: str, counts: dict, frames: int, wall_s: float, stage_s: dict) -> str | None:
+def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_config: GeneratorConfig, model_version: str,
+                  results: pd.DataFrame, results_uri: str, counts: dict, frames: int, wall_s: float, stage_s: dict) -> str | None:
     """One MLflow run per job, from the driver only."""
     import mlflow
 
@@ -267,7 +268,7 @@ def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, cfg, model
 
     mlflow.set_tracking_uri(config.tracking_uri or "sqlite:///mlflow.db")
     mlflow.set_experiment(config.experiment)
-    config_hash = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    config_hash = hashlib.sha256(json.dumps(model_config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     with mlflow.start_run(run_name=run_id) as run:
         mlflow.log_params({"manifest_uri": config.manifest_uri, "checkpoint": checkpoint, "config_hash": config_hash,
                            "code_version": code_version(), "actors": config.actors,

@@ -10,12 +10,16 @@ import sys
 import mlflow
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from jobs import compare as compare_cli
-from metrics.schema import conform
+from metrics.schema import write_results
+
+
+def default_experiment(uri: str) -> str:
+    """The store's Default experiment, named explicitly: an earlier test's render leaves its own experiment
+    active in this process, and that id does not exist in this test's store."""
+    return mlflow.MlflowClient(uri).get_experiment_by_name("Default").experiment_id
 
 
 def make_run(tmp_path, uri: str, name: str, confidence: float, identity: float, tag: str | None = None) -> str:
@@ -26,9 +30,9 @@ def make_run(tmp_path, uri: str, name: str, confidence: float, identity: float, 
                           "identity_distance_mean": identity + 0.01 * rng.standard_normal(n),
                           "brisque": 20 + rng.standard_normal(n)})
     path = tmp_path / f"{name}.parquet"
-    pq.write_table(conform(pa.Table.from_pandas(frame, preserve_index=False)), path)
+    write_results(frame, str(path))
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_name=name) as run:
+    with mlflow.start_run(run_name=name, experiment_id=default_experiment(uri)) as run:
         mlflow.set_tags({"eartalk.job": "render", "eartalk.results_uri": str(path)} | ({"eartalk.tag": tag} if tag else {}))
     return run.info.run_id
 
@@ -75,7 +79,7 @@ def test_compare_names_a_missing_baseline_or_untagged_run(tmp_path, mlflow_track
     assert compare_cli.main([run, "--baseline", "no-such-tag", "--tracking-uri", mlflow_tracking_uri]) == 2
     assert "no-such-tag: no MLflow run" in capsys.readouterr().err
     mlflow.set_tracking_uri(mlflow_tracking_uri)
-    with mlflow.start_run() as bare:
+    with mlflow.start_run(experiment_id=default_experiment(mlflow_tracking_uri)) as bare:
         pass
     assert compare_cli.main([bare.info.run_id, "--baseline", run, "--tracking-uri", mlflow_tracking_uri]) == 2
     assert "no eartalk.results_uri tag" in capsys.readouterr().err

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from metrics.aggregate import aggregate_metrics
-from metrics.schema import (METRIC_COLUMNS, RESULT_SCHEMA_VERSION, SCHEMA_VERSION_KEY, SchemaError, conform,
-                            read_results, results_schema)
+from metrics.schema import (METRIC_COLUMNS, RESULT_SCHEMA_VERSION, SCHEMA_VERSION_KEY, SchemaError, read_results,
+                            results_schema, results_table, write_results)
 
 
 def rows(n: int = 10, failed: int = 1) -> pa.Table:
@@ -18,7 +18,7 @@ def rows(n: int = 10, failed: int = 1) -> pa.Table:
             "frames": [100] * n, "render_s": [2.0] * n, "encode_s": [0.5] * n,
             "sync_confidence": [np.nan] * failed + list(np.linspace(0.1, 0.3, n - failed)),
             "language": ["de"] * n}
-    return conform(pa.Table.from_pandas(pd.DataFrame(data), preserve_index=False))
+    return results_table(pd.DataFrame(data))
 
 
 def test_results_roundtrip_through_parquet_keeps_version_and_types(tmp_path):
@@ -47,6 +47,22 @@ def test_results_of_another_version_or_type_are_refused(tmp_path):
         read_results(str(tmp_path / "bad.parquet"))
     with pytest.raises(SchemaError, match="cannot read results|no Parquet files"):
         read_results(str(tmp_path / "missing"))
+
+
+def test_one_writer_stores_tags_as_strings_and_one_reader_joins_a_folder(tmp_path):
+    """The nightly's per-night file carries an integer `attempt` tag and the render's per-run files differ in
+    their tags: both go through write_results / read_results."""
+    night = pd.DataFrame({"id": ["a", "b"], "status": ["ok", "failed"], "frames": [25.0, None], "attempt": [1, 2]})
+    write_results(night, str(tmp_path / "results" / "night.parquet"))
+    run = pd.DataFrame({"id": ["c"], "status": ["ok"], "frames": [50], "speaker": ["x"]})
+    write_results(run, str(tmp_path / "results" / "sub" / "run.parquet"))
+    schema = pq.read_schema(tmp_path / "results" / "night.parquet")
+    assert schema.field("attempt").type == pa.string() and schema.field("frames").type == pa.int64()
+    frame = read_results(str(tmp_path / "results")).set_index("id")
+    assert frame.loc["a", "attempt"] == "1" and frame.loc["b", "attempt"] == "2"
+    assert frame.loc["c", "speaker"] == "x" and frame.loc["a", "speaker"] is None
+    assert frame["frames"].tolist()[0] == 25 and pd.isna(frame.loc["b", "frames"])
+    assert set(METRIC_COLUMNS) <= set(frame.columns)
 
 
 def test_results_folder_on_s3_is_read(s3_server, monkeypatch):
