@@ -2,7 +2,8 @@
 
 Compares RUN's per-video metrics with the baseline's (both found through their `eartalk.results_uri`
 MLflow tags), prints the comparison as JSON ({"regressed", "metrics": [{metric, baseline, current, delta,
-threshold, direction, regressed}], "worst_rows", "report"}), and logs compare.json, report.md and
+threshold, direction, regressed}], "timings": [{metric, baseline, current, delta}] (seconds, never
+judged), "worst_rows", "report"}), and logs compare.json, report.md and
 distributions.png to RUN's artifacts under compare/<baseline run id>/. RUN_OR_TAG is a run id, or the
 value of an `eartalk.tag` / `eartalk.baseline` tag, or a run name (the newest such run).
 Exit status: 1 when a metric regressed beyond its threshold, 0 otherwise, 2 on bad input.

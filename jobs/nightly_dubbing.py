@@ -12,7 +12,8 @@ On a Ray cluster (what infra/k8s/raycronjob-nightly.yaml runs every night):
 Exit status: 0 ok (or nothing new), 1 regression against the previous night or failures above
 --max-failed-fraction, 2 bad arguments or inputs (a missing catalog or checkpoint, a malformed catalog line,
 an unreadable ledger, ...), refused before anything is written where they can be checked up front.
-Re-running the same --date resumes and never renders a pair twice (see nightly/runner.py).
+Re-running the same --date resumes and never renders a pair twice (see nightly/runner.py). A --baseline
+that names no run, or a baseline whose results cannot be read, exits 2 after the night is recorded.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ import datetime as dt
 import logging
 import sys
 
+from metrics.compare import CompareError
+from metrics.schema import SchemaError
 from nightly.catalog import CatalogError
+from nightly.config import NightlyConfig
 from nightly.ledger import LedgerError
 from nightly.plan import DEFAULT_MAX_ATTEMPTS
-from nightly.runner import NightlyConfig, run_nightly, summary_text
+from nightly.runner import run_nightly, summary_text
 from storage import exists
 
 
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
              config.night_uri, config.tracking_uri or "default", config.checkpoint or "default")
     try:
         outcome = run_nightly(config)
-    except (CatalogError, LedgerError, ConfigError, CheckpointError) as error:  # a bad catalog, ledger, checkpoint
+    except (CatalogError, LedgerError, ConfigError, CheckpointError, CompareError, SchemaError) as error:
+        # a bad catalog, ledger, checkpoint or baseline
         print(f"eartalk nightly: {error}", file=sys.stderr)
         return 2
     print(summary_text(outcome))

@@ -7,6 +7,7 @@ language (or model version) per metric. `scripts/export_trends.py` is the comman
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -84,3 +85,17 @@ def export_trends(tracking_uri: str | None, out_dir: Path, last_nights: int = 30
     table.to_csv(csv_path, index=False)
     return csv_path, plot_trends(table, group_by, out_dir / "trends.png",
                                  title=f"EARTalking nightly trends, last {last_nights} nights, by {group_by}")
+
+
+def report_trends_png(tracking_uri: str | None, catalog: str, experiment: str = tracking.EXPERIMENT,
+                      last_nights: int = 30) -> bytes | None:
+    """The run report's trend plot: per language, each quality mean and the failure rate over the last
+    nights (not bookkeeping such as measuring time or frames analysed); None before any night has them."""
+    runs = tracking.search_nightly_runs(tracking_uri, tracking.SCOPE_LANGUAGE, last_nights, catalog, experiment)
+    table = trend_table(runs, "language", prefixes=("quality/",))
+    table = table[(table["metric"].str.endswith("/mean") | (table["metric"] == "quality/failure_rate"))
+                  & ~table["metric"].str.startswith("quality/metrics_")]
+    if table.empty:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        return plot_trends(table, "language", Path(scratch) / "trends.png", title="last nights, per language").read_bytes()

@@ -3,7 +3,8 @@ worst rows with their videos inline.
 
 One self-contained HTML file: plots are PNG data URIs. Videos are either embedded (data URIs: the copy
 logged to MLflow, which its artifact viewer shows without other files) or referenced relative to the
-report (the copy beside the night's videos in storage), chosen by the `video_src` callable.
+report (the copy beside the night's videos in storage), chosen by the `video_src` callable;
+`publish_reports` writes both copies.
 """
 
 from __future__ import annotations
@@ -12,18 +13,27 @@ import base64
 import html
 import io
 import math
+import posixpath
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
-NON_METRIC_COLUMNS = {"frames", "duration_s", "fps", "width", "height", "render_s", "encode_s", "seed", "attempt"}
+import storage  # noqa: E402
+from metrics.schema import METRIC_COLUMNS, REPORT_METRIC, direction, worst_rows  # noqa: E402
+
 MAX_PLOTTED_METRICS = 12
 PANEL_INCHES = (3.2, 2.2)  # width, height of one histogram
+MAX_EMBEDDED_VIDEO_BYTES = 16 << 20  # larger clips are copied beside the MLflow report instead
+RANKING = {"higher": "lowest first", "lower": "highest first", "abs_lower": "farthest from 0 first",
+           "none": "highest first"}
 
 
 @dataclass
@@ -32,20 +42,24 @@ class ReportInputs:
     results: pd.DataFrame                 # the night's results rows (results Parquet schema + tags)
     summary: dict[str, object]            # counts and settings shown at the top
     metric_columns: list[str]             # per-video metrics to plot
-    worst_metric: str | None = None       # ranks the worst rows
-    higher_is_better: bool = True
+    worst_metric: str | None = None       # ranks the worst rows, in its direction (metrics.schema)
     comparison: pd.DataFrame | None = None  # metric, baseline, current, delta, regressed
+    timings: pd.DataFrame | None = None   # metric, baseline, current, delta: seconds, not judged
     trends_png: bytes | None = None       # dashboards.plot_trends output
     worst_rows: int = 6
     notes: list[str] = field(default_factory=list)
 
 
-def metric_columns_of(results: pd.DataFrame, known: list[str] | None = None) -> list[str]:
-    """Numeric per-video metric columns with data (`known` = metrics.schema.METRIC_COLUMNS when available)."""
-    candidates = known if known is not None else [c for c in results.columns if c not in NON_METRIC_COLUMNS]
-    candidates = [c for c in candidates if not c.startswith("metrics_")]  # bookkeeping (time, frames analysed)
+def metric_columns_of(results: pd.DataFrame) -> list[str]:
+    """The results schema's numeric per-video metrics with data, bookkeeping (time, frames analysed) left out."""
+    candidates = [c for c in METRIC_COLUMNS if not c.startswith("metrics_")]
     return [c for c in candidates if c in results.columns and pd.api.types.is_numeric_dtype(results[c])
             and results[c].notna().any()]
+
+
+def report_metric(metric_columns: list[str]) -> str | None:
+    """The metric ranking the worst rows: metrics.schema's REPORT_METRIC when measured, else the first."""
+    return REPORT_METRIC if REPORT_METRIC in metric_columns else (metric_columns[0] if metric_columns else None)
 
 
 def _png_data_uri(figure) -> str:
@@ -73,15 +87,6 @@ def histograms(results: pd.DataFrame, metrics: list[str]) -> str | None:
         ax.axis("off")
     figure.tight_layout()
     return _png_data_uri(figure)
-
-
-def worst(results: pd.DataFrame, metric: str | None, higher_is_better: bool, n: int) -> pd.DataFrame:
-    """Failed rows first, then the n lowest (or highest) on `metric` among rendered rows."""
-    failed = results[results["status"] != "ok"]
-    ok = results[results["status"] == "ok"]
-    if metric and metric in ok:
-        ok = ok.sort_values(metric, ascending=higher_is_better, na_position="first")
-    return pd.concat([failed, ok]).head(n)
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -118,6 +123,9 @@ def render_html(inputs: ReportInputs, video_src: Callable[[pd.Series], str | Non
             names = ", ".join(map(str, regressed["metric"]))
             parts.append(f"<p class='regressed'>Regressed: {html.escape(names)}</p>")
         parts.append(_table(inputs.comparison))
+    if inputs.timings is not None and not inputs.timings.empty:
+        parts.append("<h3>Timings (mean seconds per rendered row: the machine's load, not judged)</h3>")
+        parts.append(_table(inputs.timings))
     plot = histograms(inputs.results[inputs.results["status"] == "ok"], inputs.metric_columns)
     parts.append("<h2>Tonight's metrics</h2>")
     parts.append(f"<img class='plot' alt='metric histograms' src='{plot}'>" if plot
@@ -125,9 +133,8 @@ def render_html(inputs: ReportInputs, video_src: Callable[[pd.Series], str | Non
     if inputs.trends_png:
         uri = "data:image/png;base64," + base64.b64encode(inputs.trends_png).decode()
         parts.append(f"<h2>Trends</h2><img class='plot' alt='metric trends' src='{uri}'>")
-    rows = worst(inputs.results, inputs.worst_metric, inputs.higher_is_better, inputs.worst_rows)
-    ranking = f" by {inputs.worst_metric} ({'lowest' if inputs.higher_is_better else 'highest'} first)" \
-        if inputs.worst_metric else ""
+    rows = worst_rows(inputs.results, inputs.worst_metric, inputs.worst_rows)
+    ranking = f" by {inputs.worst_metric} ({RANKING[direction(inputs.worst_metric)]})" if inputs.worst_metric else ""
     parts.append(f"<h2>Worst rows{html.escape(ranking)}</h2>")
     for _, row in rows.iterrows():
         caption = [f"<b>{html.escape(str(row['id']))}</b>", html.escape(str(row.get("language", "")))]
@@ -142,3 +149,50 @@ def render_html(inputs: ReportInputs, video_src: Callable[[pd.Series], str | Non
         parts.append(f"<div class='row'>{video}<br>{'<br>'.join(caption)}</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- the two copies
+
+
+def _storage_path(uri: str) -> str:
+    return storage.filesystem(uri)[1]
+
+
+def relative_video(report_uri: str) -> Callable[[pd.Series], str | None]:
+    """<video src> relative to the report in storage: the copy opened beside the night's videos."""
+    report_dir = posixpath.dirname(_storage_path(report_uri))
+
+    def src(row: pd.Series) -> str | None:
+        uri = row.get("output_uri")
+        return posixpath.relpath(_storage_path(uri), report_dir) if isinstance(uri, str) and uri else None
+    return src
+
+
+def embedded_video(copies: dict[str, bytes]) -> Callable[[pd.Series], str | None]:
+    """<video src> as a data URI, or for a large clip a file logged beside the report (added to `copies`)."""
+    def src(row: pd.Series) -> str | None:
+        uri = row.get("output_uri")
+        if not (isinstance(uri, str) and uri and storage.exists(uri)):
+            return None
+        data = storage.read_bytes(uri)
+        if len(data) > MAX_EMBEDDED_VIDEO_BYTES:
+            copies[f"videos/{row['id']}.mp4"] = data
+            return f"videos/{row['id']}.mp4"
+        return "data:video/mp4;base64," + base64.b64encode(data).decode()
+    return src
+
+
+def publish_reports(inputs: ReportInputs, report_uri: str, client: MlflowClient, run_id: str) -> None:
+    """The report twice: at `report_uri` beside the videos (relative links), and as the MLflow run's
+    `report/` artifacts (videos embedded)."""
+    storage.publish_bytes(render_html(inputs, relative_video(report_uri)).encode(), report_uri)
+    copies: dict[str, bytes] = {}
+    embedded = render_html(inputs, embedded_video(copies))
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "report"
+        folder.mkdir()
+        (folder / "report.html").write_text(embedded)
+        for name, data in copies.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        client.log_artifacts(run_id, str(folder), "report")

@@ -192,10 +192,9 @@ def test_catalog_and_ledger_on_s3(s3_server, s3_bucket, tmp_path, shared_media, 
 def test_attempt_that_crashed_before_the_ledger_is_recovered_not_rerendered(tmp_path, shared_media):
     """Regression guard: results written by a render whose nightly died before recording them in the
     ledger must count as rendered on the re-run, or the re-run renders those pairs a second time."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from nightly.runner import NightlyConfig, recover_unrecorded_attempts
+    from metrics.schema import write_results
+    from nightly.attempts import recover_unrecorded_attempts
+    from nightly.config import NightlyConfig
 
     root = make_catalog(tmp_path / "cat", shared_media)
     config = NightlyConfig(catalog_uri=str(root), output_uri=str(tmp_path / "out"), night="2026-11-24")
@@ -204,11 +203,10 @@ def test_attempt_that_crashed_before_the_ledger_is_recovered_not_rerendered(tmp_
     rows = manifest_rows(plan_night(hashed, ledger, config.night))
     attempt = Path(config.attempt_uri(1))
     write_manifest(rows, str(attempt / "manifest.jsonl"))
-    (attempt / "results").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([
+    write_results(pd.DataFrame([
         {"id": r["id"], "status": "ok", "error": "", "output_uri": str(attempt / "videos" / f"{r['id']}.mp4"),
          "model_version": "tiny-1", "run_id": "nightly-2026-11-24-a01"} for r in rows[:2]]),
-        attempt / "results" / "part-0.parquet")
+        str(attempt / "results" / "part-0.parquet"))
 
     assert recover_unrecorded_attempts(config, ledger) == [1]
     assert recover_unrecorded_attempts(config, Ledger.load(config.ledger_uri)) == []  # recorded once only

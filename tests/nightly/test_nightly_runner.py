@@ -14,7 +14,8 @@ from nightly import tracking
 from nightly.catalog import hash_pairs, read_catalog
 from nightly.ledger import Ledger
 from nightly.plan import manifest_rows, plan_night, write_manifest
-from nightly.runner import NightlyConfig, run_nightly
+from nightly.config import NightlyConfig
+from nightly.runner import run_nightly
 import storage
 from pipelines.stages import state_uri, video_uri
 

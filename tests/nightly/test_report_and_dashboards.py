@@ -14,7 +14,8 @@ from PIL import Image
 
 from nightly import tracking
 from nightly.dashboards import export_trends, trend_table
-from nightly.report import ReportInputs, metric_columns_of, render_html, worst
+from metrics.schema import worst_rows
+from nightly.report import ReportInputs, metric_columns_of, render_html
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,16 +40,16 @@ def night_results(clips: list[Path]) -> pd.DataFrame:
         "id": ["row0", "row1", "row2", "row3"], "language": ["en", "de", "de", "fr"],
         "status": ["ok", "ok", "ok", "failed"], "error": ["", "", "", "portrait: no face found"],
         "output_uri": [str(p) for p in clips] + [""],
-        "sync_score": [0.9, 0.2, 0.6, None], "identity_similarity": [0.8, 0.7, 0.75, None],
+        "sync_confidence": [0.9, 0.2, 0.6, None], "identity_distance_mean": [0.3, 0.2, 0.25, None],
         "frames": [25, 25, 25, 0],
     })
 
 
-def test_worst_rows_put_failures_first_then_the_lowest_scores(clips):
-    rows = worst(night_results(clips), "sync_score", higher_is_better=True, n=3)
+def test_worst_rows_put_failures_first_then_the_worst_scores(clips):
+    rows = worst_rows(night_results(clips), "sync_confidence", 3)  # higher is better: lowest first
     assert list(rows["id"]) == ["row3", "row1", "row2"]
-    assert list(worst(night_results(clips), "sync_score", False, 2)["id"]) == ["row3", "row0"]
-    assert metric_columns_of(night_results(clips)) == ["sync_score", "identity_similarity"]
+    assert list(worst_rows(night_results(clips), "identity_distance_mean", 2)["id"]) == ["row3", "row0"]
+    assert metric_columns_of(night_results(clips)) == ["sync_confidence", "identity_distance_mean"]
 
 
 @pytest.mark.parametrize("mode", ["relative", "embedded"])
@@ -64,15 +65,18 @@ def test_report_videos_play_and_plots_show_in_headless_chromium(clips, mode, ins
     else:
         def src(row):
             return "data:video/mp4;base64," + base64.b64encode(Path(row["output_uri"]).read_bytes()).decode()
-    comparison = pd.DataFrame({"metric": ["quality/sync_score/mean"], "baseline": [0.8], "current": [0.57],
+    comparison = pd.DataFrame({"metric": ["sync_confidence"], "baseline": [0.8], "current": [0.57],
                                "delta": [-0.23], "regressed": [True]})
+    timings = pd.DataFrame({"metric": ["metrics_s"], "baseline": [2.0], "current": [9.0], "delta": [7.0]})
     inputs = ReportInputs(title="EARTalking nightly 2026-11-24", results=results, summary={"night": "2026-11-24"},
-                          metric_columns=metric_columns_of(results), worst_metric="sync_score",
-                          comparison=comparison, worst_rows=3)
+                          metric_columns=metric_columns_of(results), worst_metric="sync_confidence",
+                          comparison=comparison, timings=timings, worst_rows=3)
     page = report_dir / "report.html"
     page.write_text(render_html(inputs, src))
     text = page.read_text()
-    assert "Regressed: quality/sync_score/mean" in text and "portrait: no face found" in text
+    assert "Regressed: sync_confidence" in text and "portrait: no face found" in text
+    assert "Timings (mean seconds per rendered row" in text and "<td>metrics_s</td>" in text
+    assert "by sync_confidence (lowest first)" in text
     if mode == "relative":
         assert "src='attempt-01/videos/row1.mp4'" in text
 
