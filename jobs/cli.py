@@ -14,7 +14,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("jobs.render", "render a manifest of (portrait, audio, controls) rows to MP4 + results Parquet"),
     "metrics": ("jobs.metrics", "measure one video (sync, identity, pose, blinks, quality) and print JSON"),
     "compare": ("jobs.compare", "compare a run's metrics with a baseline run; exit 1 on regression"),
+    "prepare": ("jobs.prepare", "a real talking-head video corpus -> training shards (Ray Data)"),
     "train": ("jobs.train", "train the frame VAE and the SFA transformer (DeepSpeed)"),
+    "accept": ("jobs.accept", "judge a checkpoint on held-out real inputs (sync, identity, yaw, blinks)"),
     "nightly": ("jobs.nightly_dubbing", "nightly dubbing: new catalog pairs -> render -> compare -> ledger"),
 }
 

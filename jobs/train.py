@@ -17,7 +17,7 @@ Several GPUs on one node, through the DeepSpeed launcher (each rank draws its ow
         --deepspeed-config configs/train/gpu_bf16_zero2.json
 
 `--dataset` is `synthetic` (built under OUTPUT/dataset, deterministic from --seed) or a shard
-folder written by training.prepare / an earlier synthetic build. The launcher passes each process
+folder written by `eartalk prepare` / an earlier synthetic build. The launcher passes each process
 `--local_rank=N`; it is accepted and ignored, since the rank comes from its LOCAL_RANK/RANK environment.
 """
 

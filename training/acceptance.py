@@ -1,276 +1,262 @@
-"""Acceptance of a trained checkpoint on held-out real inputs (the figures the README reports).
+"""Acceptance of a trained checkpoint on held-out real inputs (`eartalk accept`, jobs/accept.py).
 
-    python -m training.acceptance --checkpoint model/checkpoints/tiny --output out/acceptance
+The checkpoint renders a portrait that was never in training speaking held-out real speech, and four
+checks judge the rendered videos. Each check is one function that renders what it needs, writes its
+video to the output folder and returns its figures with a `pass` verdict; the measuring half of each
+(`*_figures`) takes frames or videos, so it judges any video the same way.
 
-renders, with the checkpoint, a portrait that was never in training (default biden.jpg) speaking
-held-out real speech (default english.wav), and measures on the rendered videos:
+1. `sync_check`: the audio-visual offset (frames) and confidence of the model's video, measured by
+   metrics.compute_video_metrics (metrics/sync.py, the measure `eartalk metrics` and the render
+   pipeline report). The puppet renderer's own video of the same inputs, whose mouth is a function of
+   the speech, is measured the same way: pass = |offset| <= MAX_SYNC_OFFSET and confidence >= half the
+   puppet's.
+2. `identity_check`: a `long_seconds` video (the held-out speech looped), every IDENTITY_STRIDE-th
+   frame's dlib embedding against the portrait's: pass = distance < IDENTITY_THRESHOLD on >=
+   IDENTITY_SHARE of them, and the mean distance of the last 10 s within DRIFT_TOLERANCE of the first 10 s.
+3. `yaw_check`: a commanded sinusoidal yaw sweep (+-YAW_AMPLITUDE degrees), measured head yaw per frame:
+   pass = correlation >= YAW_CORRELATION.
+4. `blink_check`: commanded blinks every BLINK_PERIOD s over `blink_seconds` (the held-out speech looped,
+   so that the recall is over a dozen blinks rather than the three of one short clip); a blink is
+   detected where the measured eye openness dips below BLINK_DIP x its median within +-BLINK_TOLERANCE
+   frames: pass = recall >= BLINK_RECALL.
 
-1. lip sync: the audio-visual offset (frames) and its confidence, by `eartalk metrics`
-   (metrics.compute_video_metrics) when the metrics package provides sync figures, else by the
-   same landmark method here (mouth opening vs speech band energy, cross-correlated over
-   +-MAX_OFFSET frames; confidence = peak minus median correlation, SyncNet's convention). The puppet
-   renderer's own video of the same inputs is measured the same way: pass = |offset| <= 2 and
-   confidence >= half the puppet's.
-2. identity: a LONG_SECONDS video (the held-out speech looped), every IDENTITY_STRIDE-th frame's
-   dlib embedding against the portrait's: pass = distance < 0.6 on >= 95 % of them, and the mean
-   distance of the last 10 s within DRIFT_TOLERANCE of the first 10 s.
-3. yaw: a commanded sinusoidal yaw sweep (+-YAW_AMPLITUDE degrees), measured head yaw per frame:
-   pass = correlation >= 0.8.
-4. blinks: commanded blinks every BLINK_PERIOD s over BLINK_SECONDS (the held-out speech looped: a
-   dozen blinks, where one 5.6 s clip holds three and its recall moves in steps of 1/3); a blink is
-   detected where the measured eye openness dips below BLINK_DIP x its median within
-   +-BLINK_TOLERANCE frames: pass = recall >= 0.8.
-
-With `--more-speech CLIP ...` the sync bar is also measured on more clips (`sync_survey`, outside the
-pass): one 5.6 s clip's sync confidence is noisy, a handful of clips says more.
-
-Prints one JSON object (and writes it to OUTPUT/acceptance.json) with every figure and verdict.
+`sync_survey` measures the sync bar on more clips, outside the pass: one short clip's sync confidence
+is noisy, a handful of clips says more.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from model.config import AUDIO_SAMPLE_RATE
+from training.rollout import render_frames
 
-SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 FPS = 25.0
-SAMPLE_RATE = 16_000
-MAX_OFFSET = 5  # frames searched either side for the sync offset
+MAX_SYNC_OFFSET = 2  # frames either way the model's video may be off
+SYNC_CONFIDENCE_SHARE = 0.5  # of the puppet's confidence on the same speech
 LONG_SECONDS = 60.0  # length of the identity / drift video
 IDENTITY_STRIDE = 5  # every 5th frame of the long video is embedded (300 samples for 60 s)
 IDENTITY_THRESHOLD = 0.6  # dlib's same-person distance
+IDENTITY_SHARE = 0.95  # of the sampled frames below the threshold
+DRIFT_SECONDS = 10.0  # the first and the last this many seconds are compared for drift
 DRIFT_TOLERANCE = 0.05  # allowed rise of the mean identity distance, last 10 s vs first 10 s
 YAW_AMPLITUDE = 20.0  # degrees
 YAW_PERIOD = 4.0  # s
+YAW_CORRELATION = 0.8  # of the measured yaw with the commanded one
 BLINK_PERIOD = 1.6  # s between commanded blinks
+BLINK_FIRST = 0.8  # s, the first commanded blink's start
 BLINK_SECONDS = 20.0  # length of the blink video: 12 commanded blinks
+BLINK_PROFILE = (0.6, 0.15, 0.0, 0.1, 0.45, 0.8)  # eye openness per frame of one commanded blink
+BLINK_CLOSED_FRAME = 2  # the profile's closed frame
 BLINK_DIP = 0.8  # a detected blink: openness below this fraction of the clip's median
 BLINK_TOLERANCE = 3  # frames
+BLINK_RECALL = 0.8
 
 
-def render_model(generator, portrait: np.ndarray, audio: np.ndarray, controls: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """(F, S, S, 3) uint8 frames from the generator's stream."""
-    import torch
+def write_video(path: Path, frames: np.ndarray, audio: np.ndarray) -> Path:
+    from media import encode_mp4
 
-    from model import RenderRequest
+    encode_mp4(str(path), list(frames), fps=FPS, audio=audio, sample_rate=AUDIO_SAMPLE_RATE)
+    return path
 
-    image = torch.from_numpy(portrait).permute(2, 0, 1).float() / 255.0  # (3, S, S)
-    tensors = None if controls is None else {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in controls.items()}
-    request = RenderRequest(portrait=image, audio=torch.from_numpy(audio.astype(np.float32)), fps=FPS,
-                            controls=tensors, seed=0)
-    count = generator.num_frames(len(audio), FPS)
-    frames = []
-    with torch.no_grad():
-        for batch in generator.stream([request]):  # (B, 3, S, S) per frame step
-            frames.append((batch[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-            if len(frames) >= count:
-                break
-    return np.stack(frames[:count])
+
+def looped(speech: np.ndarray, seconds: float) -> np.ndarray:
+    """The clip repeated to `seconds` of audio."""
+    repeats = int(np.ceil(seconds * AUDIO_SAMPLE_RATE / len(speech)))
+    return np.tile(speech, repeats)[: int(seconds * AUDIO_SAMPLE_RATE)]
 
 
 def landmarks_per_frame(analyzer, frames: np.ndarray) -> list[np.ndarray | None]:
     return [analyzer.landmarks(frame) for frame in frames]
 
 
-def band_energy(audio: np.ndarray, num_frames: int) -> np.ndarray:
-    from training.puppet import speech_mouth_track
-
-    return speech_mouth_track(audio, FPS, num_frames).opening
+# ---------------------------------------------------------------- 1. lip sync
 
 
-def landmark_sync(analyzer, frames: np.ndarray, audio: np.ndarray) -> dict:
-    """Offset (frames, + = video late) and confidence of mouth opening vs speech energy."""
-    from faces import mouth_opening
+def video_sync(video: Path, audio_path: Path) -> dict | None:
+    """Offset (frames) and confidence of `video` against `audio_path` by metrics.compute_video_metrics;
+    None when the measure finds the video unmeasurable."""
+    from metrics import compute_video_metrics
 
-    marks = landmarks_per_frame(analyzer, frames)
-    opening = np.array([mouth_opening(m) if m is not None else np.nan for m in marks])
-    valid = ~np.isnan(opening)
-    if not valid.any():
-        return {"offset_frames": float("nan"), "confidence": 0.0, "peak_correlation": float("nan"),
-                "face_found": 0.0, "method": "landmarks"}
-    opening = np.where(valid, opening, np.nanmean(opening))
-    energy = band_energy(audio, len(frames))
-    corrs = {}
-    for offset in range(-MAX_OFFSET, MAX_OFFSET + 1):
-        a = opening[max(0, offset): len(opening) + min(0, offset)]
-        b = energy[max(0, -offset): len(energy) + min(0, -offset)]
-        n = min(len(a), len(b))
-        corrs[offset] = float(np.corrcoef(a[:n], b[:n])[0, 1]) if n > 2 and np.std(a[:n]) > 0 else 0.0
-    best = max(corrs, key=corrs.get)
-    return {"offset_frames": best, "confidence": corrs[best] - float(np.median(list(corrs.values()))),
-            "peak_correlation": corrs[best], "face_found": float(valid.mean()), "method": "landmarks"}
-
-
-def metrics_sync(video: Path, audio_path: Path) -> dict | None:
-    """Sync figures from `eartalk metrics` (metrics.compute_video_metrics), when it reports them."""
-    try:
-        from metrics import compute_video_metrics
-    except ImportError:
-        return None
     result = compute_video_metrics(str(video), audio_path=str(audio_path))
-    offset = next((result[k] for k in result if "sync" in k and "offset" in k), None)
-    confidence = next((result[k] for k in result if "sync" in k and ("conf" in k or "score" in k)), None)
-    if offset is None or confidence is None:
+    offset, confidence = result.get("sync_offset_frames"), result.get("sync_confidence")
+    if offset is None or confidence is None or not np.isfinite(confidence):
         return None
-    return {"offset_frames": float(offset), "confidence": float(confidence), "method": "eartalk metrics",
-            "raw": {k: v for k, v in result.items() if "sync" in k}}
+    return {"offset_frames": float(offset), "confidence": float(confidence),
+            "face_found": result.get("face_detected_ratio")}
 
 
-def write_video(path: Path, frames: np.ndarray, audio: np.ndarray) -> Path:
-    from media import encode_mp4
+def sync_figures(model_video: Path, puppet_video: Path, speech_path: Path) -> dict:
+    """The sync bar: the model's video against the puppet's, both measured on `speech_path`."""
+    model, puppet = video_sync(model_video, speech_path), video_sync(puppet_video, speech_path)
+    passed = (model is not None and puppet is not None and abs(model["offset_frames"]) <= MAX_SYNC_OFFSET
+              and model["confidence"] >= SYNC_CONFIDENCE_SHARE * puppet["confidence"])
+    return {"model": model, "puppet": puppet, "pass": bool(passed)}
 
-    encode_mp4(str(path), list(frames), fps=FPS, audio=audio, sample_rate=SAMPLE_RATE)
-    return path
 
-
-def sync_check(generator, aligned, speech: np.ndarray, speech_path: Path, analyzer, prefix: Path) -> dict:
-    """The sync bar for one speech clip: the model's video and the puppet's, written as PREFIX_model.mp4 and
-    PREFIX_puppet.mp4, both judged by `eartalk metrics` when it measures both, else by landmarks (the other
-    method's figures reported beside it)."""
+def sync_check(generator, aligned, speech: np.ndarray, speech_path: Path, prefix: Path) -> dict:
+    """The sync bar for one speech clip: the model's video and the puppet's of the same portrait and
+    speech, written as PREFIX_model.mp4 and PREFIX_puppet.mp4."""
     from training.puppet import render_puppet_video
 
     portrait = np.ascontiguousarray(aligned.image)
-    model_frames = render_model(generator, portrait, speech)
+    model_frames = render_frames(generator, portrait, speech, FPS)
     puppet_frames = render_puppet_video(portrait, np.asarray(aligned.landmarks, np.float64), speech, FPS)
     model_video = write_video(prefix.with_name(prefix.name + "_model.mp4"), model_frames, speech)
     puppet_video = write_video(prefix.with_name(prefix.name + "_puppet.mp4"), puppet_frames, speech)
-    by_metrics = {"model": metrics_sync(model_video, speech_path), "puppet": metrics_sync(puppet_video, speech_path)}
-    by_landmarks = {"model": landmark_sync(analyzer, model_frames, speech),
-                    "puppet": landmark_sync(analyzer, puppet_frames, speech)}
-    chosen = by_metrics if all(v is not None and np.isfinite(v["confidence"]) for v in by_metrics.values()) else by_landmarks
-    model_sync, puppet_sync = chosen["model"], chosen["puppet"]
-    return {"model": model_sync, "puppet": puppet_sync, "by_metrics": by_metrics, "by_landmarks": by_landmarks,
-            "pass": bool(abs(model_sync["offset_frames"]) <= 2 and model_sync["confidence"] >= 0.5 * puppet_sync["confidence"])}
+    return sync_figures(model_video, puppet_video, speech_path)
 
 
-def looped(speech: np.ndarray, seconds: float) -> np.ndarray:
-    """The clip repeated to `seconds` of audio."""
-    repeats = int(np.ceil(seconds * SAMPLE_RATE / len(speech)))
-    return np.tile(speech, repeats)[: int(seconds * SAMPLE_RATE)]
+def sync_survey(generator, aligned, clips: list[Path], output: Path) -> dict:
+    """The sync bar on more clips (often training speech), outside the pass: how much one short clip's
+    verdict says."""
+    from media import load_audio
+
+    results = []
+    for path in clips:
+        speech = np.asarray(load_audio(str(path), sample_rate=AUDIO_SAMPLE_RATE), np.float32)
+        results.append(sync_check(generator, aligned, speech, path, output / f"sync_{path.stem}") | {"speech": str(path)})
+    return {"clips": results, "passed": sum(c["pass"] for c in results), "of": len(results)}
+
+
+# ---------------------------------------------------------------- 2. identity and drift
+
+
+def identity_figures(analyzer, portrait: np.ndarray, frames: np.ndarray, fps: float = FPS) -> dict:
+    """Every IDENTITY_STRIDE-th frame's dlib distance to `portrait`, and its drift from the first
+    DRIFT_SECONDS to the last; a frame without a face counts as infinitely far."""
+    reference = analyzer.embedding(portrait, analyzer.landmarks(portrait))
+    picks = np.arange(0, len(frames), IDENTITY_STRIDE)
+    distances = []
+    for f in picks:
+        marks = analyzer.landmarks(frames[f])
+        distances.append(np.inf if marks is None else float(np.linalg.norm(analyzer.embedding(frames[f], marks) - reference)))
+    distances = np.array(distances)
+    times = picks / fps
+    first = distances[(times < DRIFT_SECONDS) & np.isfinite(distances)]
+    last = distances[(times >= times[-1] - DRIFT_SECONDS) & np.isfinite(distances)]
+    drift = float(np.mean(last) - np.mean(first)) if first.size and last.size else float("inf")
+    within = float(np.mean(distances < IDENTITY_THRESHOLD))
+    return {
+        "frames_sampled": int(len(picks)), "fraction_below_0.6": within,
+        "median_distance": float(np.median(distances)), "face_found": float(np.mean(np.isfinite(distances))),
+        "mean_first_10s": float(np.mean(first)) if first.size else None,
+        "mean_last_10s": float(np.mean(last)) if last.size else None,
+        "drift": drift, "pass": bool(within >= IDENTITY_SHARE and drift <= DRIFT_TOLERANCE),
+    }
+
+
+def identity_check(generator, analyzer, portrait: np.ndarray, speech: np.ndarray, seconds: float, output: Path) -> dict:
+    """Identity over a long video (identity_long.mp4), and drift between its first and last 10 s."""
+    audio = looped(speech, seconds)
+    frames = render_frames(generator, portrait, audio, FPS)
+    write_video(output / "identity_long.mp4", frames, audio)
+    return identity_figures(analyzer, portrait, frames)
+
+
+# ---------------------------------------------------------------- 3. yaw
+
+
+def yaw_command(num_frames: int) -> np.ndarray:
+    """(F,) degrees: the sinusoidal sweep the yaw check commands."""
+    t = np.arange(num_frames) / FPS
+    return (YAW_AMPLITUDE * np.sin(2 * np.pi * t / YAW_PERIOD)).astype(np.float32)
+
+
+def yaw_figures(analyzer, frames: np.ndarray, command: np.ndarray) -> dict:
+    """Correlation of the measured head yaw per frame with the commanded one."""
+    from faces import head_pose
+
+    measured = np.array([head_pose(m, frames[0].shape)[0] if m is not None else np.nan
+                         for m in landmarks_per_frame(analyzer, frames)])
+    ok = ~np.isnan(measured)
+    correlation = 0.0
+    if ok.sum() > 2 and np.std(measured[ok]) > 0:
+        correlation = float(np.corrcoef(measured[ok], command[ok])[0, 1])
+    return {"correlation": correlation, "measured_range_deg": float(np.ptp(measured[ok])) if ok.any() else 0.0,
+            "commanded_range_deg": float(np.ptp(command)), "face_found": float(ok.mean()),
+            "pass": bool(correlation >= YAW_CORRELATION)}
+
+
+def yaw_check(generator, analyzer, portrait: np.ndarray, speech: np.ndarray, output: Path) -> dict:
+    """A commanded yaw sweep over the held-out speech (yaw_sweep.mp4); the other controls are absent."""
+    command = yaw_command(generator.num_frames(len(speech), FPS))
+    frames = render_frames(generator, portrait, speech, FPS, {"yaw": command})
+    write_video(output / "yaw_sweep.mp4", frames, speech)
+    return yaw_figures(analyzer, frames, command)
+
+
+# ---------------------------------------------------------------- 4. blinks
+
+
+def blink_command(num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(F,) commanded eye openness with a blink every BLINK_PERIOD s, and the blinks' closed frames."""
+    profile = np.array(BLINK_PROFILE, np.float32)
+    command = np.ones(num_frames, np.float32)
+    starts = np.arange(int(BLINK_FIRST * FPS), num_frames - len(profile), int(BLINK_PERIOD * FPS))
+    for s in starts:
+        command[s:s + len(profile)] = profile
+    return command, starts + BLINK_CLOSED_FRAME
+
+
+def blink_figures(analyzer, frames: np.ndarray, commanded: np.ndarray) -> dict:
+    """Recall of the commanded blinks (closed frames `commanded`) in the measured eye openness, and the
+    share of frames away from any commanded blink that read as closed."""
+    from faces import eye_openness
+
+    openness = np.array([eye_openness(m) if m is not None else np.nan for m in landmarks_per_frame(analyzer, frames)])
+    median = np.nanmedian(openness)
+    closed = openness < BLINK_DIP * median
+    hits = [bool(np.any(closed[max(0, c - BLINK_TOLERANCE): c + BLINK_TOLERANCE + 1])) for c in commanded]
+    open_frames = np.ones(len(frames), bool)
+    for c in commanded:
+        open_frames[max(0, c - 2 * BLINK_TOLERANCE): c + 2 * BLINK_TOLERANCE + 1] = False
+    recall = float(np.mean(hits)) if hits else 0.0
+    return {"commanded": int(len(commanded)), "detected": int(sum(hits)), "recall": recall,
+            "false_closed_fraction": float(np.mean(closed[open_frames])) if open_frames.any() else 0.0,
+            "median_openness": float(median), "pass": bool(hits and recall >= BLINK_RECALL)}
+
+
+def blink_check(generator, analyzer, portrait: np.ndarray, speech: np.ndarray, seconds: float, output: Path) -> dict:
+    """Commanded blinks over `seconds` of the looped held-out speech (blinks.mp4)."""
+    audio = looped(speech, seconds)
+    command, commanded = blink_command(generator.num_frames(len(audio), FPS))
+    frames = render_frames(generator, portrait, audio, FPS, {"blink": command})
+    write_video(output / "blinks.mp4", frames, audio)
+    return blink_figures(analyzer, frames, commanded)
+
+
+# ---------------------------------------------------------------- all four
 
 
 def run_acceptance(checkpoint: str, portrait_path: Path, speech_path: Path, output: Path,
                    long_seconds: float = LONG_SECONDS, more_speech: list[Path] | None = None,
                    blink_seconds: float = BLINK_SECONDS) -> dict:
-    from faces import FaceAnalyzer, align_face, eye_openness, head_pose
+    """Every check on one checkpoint; the report (also written to OUTPUT/acceptance.json) holds each
+    check's figures and verdict, and `all_pass`."""
+    from faces import FaceAnalyzer, align_face
     from media import load_audio, load_image
     from model import load_checkpoint
 
     output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     generator = load_checkpoint(checkpoint).eval()
-    size = generator.config.image_size
-    aligned = align_face(load_image(str(portrait_path)), size)
+    aligned = align_face(load_image(str(portrait_path)), generator.config.image_size)
     portrait = np.ascontiguousarray(aligned.image)
-    speech = np.asarray(load_audio(str(speech_path), sample_rate=SAMPLE_RATE), np.float32)
+    speech = np.asarray(load_audio(str(speech_path), sample_rate=AUDIO_SAMPLE_RATE), np.float32)
     analyzer = FaceAnalyzer()
     report: dict = {"checkpoint": str(checkpoint), "portrait": str(portrait_path), "speech": str(speech_path)}
-
-    # 1. lip sync, against the puppet renderer's own video of the same inputs
-    report["sync"] = sync_check(generator, aligned, speech, speech_path, analyzer, output / "sync")
+    report["sync"] = sync_check(generator, aligned, speech, speech_path, output / "sync")
     if more_speech:
-        # a survey, not a bar: the pass is judged on the held-out speech above; these clips (often training
-        # speech) show how much one short clip's verdict says
-        clips = [sync_check(generator, aligned, np.asarray(load_audio(str(path), sample_rate=SAMPLE_RATE), np.float32),
-                            path, analyzer, output / f"sync_{path.stem}") | {"speech": str(path)} for path in more_speech]
-        report["sync_survey"] = {"clips": clips, "passed": sum(c["pass"] for c in clips), "of": len(clips)}
-
-    # 2. identity over a long video, and drift between its first and last 10 s
-    long_audio = looped(speech, long_seconds)
-    long_frames = render_model(generator, portrait, long_audio)
-    write_video(output / "identity_long.mp4", long_frames, long_audio)
-    reference = analyzer.embedding(portrait, analyzer.landmarks(portrait))
-    picks = np.arange(0, len(long_frames), IDENTITY_STRIDE)
-    distances = []
-    for f in picks:
-        marks = analyzer.landmarks(long_frames[f])
-        distances.append(np.inf if marks is None else float(np.linalg.norm(analyzer.embedding(long_frames[f], marks) - reference)))
-    distances = np.array(distances)
-    times = picks / FPS
-    first = distances[times < 10.0]
-    last = distances[times >= times[-1] - 10.0]
-    finite = lambda d: d[np.isfinite(d)]  # noqa: E731
-    drift = float(np.mean(finite(last)) - np.mean(finite(first))) if finite(first).size and finite(last).size else float("inf")
-    within = float(np.mean(distances < IDENTITY_THRESHOLD))
-    report["identity"] = {
-        "frames_sampled": int(len(picks)), "fraction_below_0.6": within,
-        "median_distance": float(np.median(distances)), "face_found": float(np.mean(np.isfinite(distances))),
-        "mean_first_10s": float(np.mean(finite(first))) if finite(first).size else None,
-        "mean_last_10s": float(np.mean(finite(last))) if finite(last).size else None,
-        "drift": drift, "pass": bool(within >= 0.95 and drift <= DRIFT_TOLERANCE),
-    }
-
-    # 3. a commanded yaw sweep (other controls absent: NaN)
-    num = generator.num_frames(len(speech), FPS)
-    t = np.arange(num) / FPS
-    yaw_command = (YAW_AMPLITUDE * np.sin(2 * np.pi * t / YAW_PERIOD)).astype(np.float32)
-    yaw_frames = render_model(generator, portrait, speech, {"yaw": yaw_command})
-    write_video(output / "yaw_sweep.mp4", yaw_frames, speech)
-    measured = np.array([head_pose(m, yaw_frames[0].shape)[0] if m is not None else np.nan
-                         for m in landmarks_per_frame(analyzer, yaw_frames)])
-    ok = ~np.isnan(measured)
-    yaw_corr = float(np.corrcoef(measured[ok], yaw_command[ok])[0, 1]) if ok.sum() > 2 else 0.0
-    report["yaw"] = {"correlation": yaw_corr, "measured_range_deg": float(np.ptp(measured[ok])) if ok.any() else 0.0,
-                     "commanded_range_deg": float(np.ptp(yaw_command)), "face_found": float(ok.mean()),
-                     "pass": bool(yaw_corr >= 0.8)}
-
-    # 4. commanded blinks
-    blink_audio = looped(speech, blink_seconds)
-    num = generator.num_frames(len(blink_audio), FPS)
-    blink_command = np.ones(num, np.float32)
-    profile = np.array([0.6, 0.15, 0.0, 0.1, 0.45, 0.8], np.float32)
-    starts = np.arange(int(0.8 * FPS), num - len(profile), int(BLINK_PERIOD * FPS))
-    for s in starts:
-        blink_command[s:s + len(profile)] = profile
-    blink_frames = render_model(generator, portrait, blink_audio, {"blink": blink_command})
-    write_video(output / "blinks.mp4", blink_frames, blink_audio)
-    openness = np.array([eye_openness(m) if m is not None else np.nan for m in landmarks_per_frame(analyzer, blink_frames)])
-    median = np.nanmedian(openness)
-    closed = openness < BLINK_DIP * median
-    commanded = starts + 2  # the profile's closed frame
-    hits = [bool(np.any(closed[max(0, c - BLINK_TOLERANCE): c + BLINK_TOLERANCE + 1])) for c in commanded]
-    open_frames = np.ones(num, bool)
-    for c in commanded:
-        open_frames[max(0, c - 2 * BLINK_TOLERANCE): c + 2 * BLINK_TOLERANCE + 1] = False
-    report["blinks"] = {"commanded": int(len(commanded)), "detected": int(sum(hits)),
-                        "recall": float(np.mean(hits)) if hits else 0.0,
-                        "false_closed_fraction": float(np.mean(closed[open_frames])) if open_frames.any() else 0.0,
-                        "median_openness": float(median), "pass": bool(hits and np.mean(hits) >= 0.8)}
+        report["sync_survey"] = sync_survey(generator, aligned, more_speech, output)
+    report["identity"] = identity_check(generator, analyzer, portrait, speech, long_seconds, output)
+    report["yaw"] = yaw_check(generator, analyzer, portrait, speech, output)
+    report["blinks"] = blink_check(generator, analyzer, portrait, speech, blink_seconds, output)
     report["all_pass"] = all(report[k]["pass"] for k in ("sync", "identity", "yaw", "blinks"))
     report["seconds"] = round(time.monotonic() - started, 1)
     (output / "acceptance.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.acceptance", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="model/checkpoints/tiny")
-    p.add_argument("--portrait", type=Path, default=SHARED_MEDIA / "portraits" / "biden.jpg")
-    p.add_argument("--speech", type=Path, default=SHARED_MEDIA / "speech" / "english.wav")
-    p.add_argument("--output", type=Path, default=Path("out/acceptance"))
-    p.add_argument("--long-seconds", type=float, default=LONG_SECONDS)
-    p.add_argument("--blink-seconds", type=float, default=BLINK_SECONDS)
-    p.add_argument("--more-speech", type=Path, nargs="*", default=[],
-                   help="more speech clips for a sync survey (reported under sync_survey, not part of the pass)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    missing = [str(path) for path in [args.portrait, args.speech, *args.more_speech] if not path.is_file()]
-    if missing:
-        print(f"acceptance: no such file: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    report = run_acceptance(args.checkpoint, args.portrait, args.speech, args.output, args.long_seconds, args.more_speech,
-                            args.blink_seconds)
-    print(json.dumps(report, indent=2))
-    return 0 if report["all_pass"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-AUDIO_SAMPLE_RATE = 16_000  # Hz
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_MEDIA = REPO_ROOT.parent / "shared" / "media"
+from model.config import AUDIO_SAMPLE_RATE
+
 CODEC2_RAW = Path("/usr/share/codec2/raw")
 FLITE_VOICES = ("kal16", "slt", "rms", "awb")
 # Harvard sentences (public domain) for flite, when it is installed
@@ -52,7 +51,7 @@ class AlignedPortrait:
 @dataclass
 class SpeechClip:
     name: str
-    audio: np.ndarray  # (N,) float32 mono at 16 kHz
+    audio: np.ndarray  # (N,) float32 mono at AUDIO_SAMPLE_RATE
 
 
 def align_portrait(image: np.ndarray, size: int, name: str) -> AlignedPortrait:

@@ -1,7 +1,5 @@
 """Preparation of a real talking-head video corpus (HDTF / VoxCeleb-style folders of MP4s) into
-training shards (shards.py), as a Ray Data job.
-
-    python -m training.prepare s3://bucket/hdtf/ out/hdtf-shards --image-size 128 --clip-frames 50
+training shards (shards.py), as a Ray Data job; `eartalk prepare` (jobs/prepare.py) runs it.
 
 Per video (one task per file, fanned out over the cluster):
   decode with PyAV (media.read_video), resample to the training fps by frame picking, detect the face
@@ -20,45 +18,44 @@ Each Ray task writes its own shard folder; the driver writes dataset.json listin
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
 import cv2
-import fsspec
 import numpy as np
 
+import storage
+from model.config import AUDIO_SAMPLE_RATE
 from training.puppet import PUPPET_CONTROLS
+from storage import StorageOptions
 from training.shards import Clip, write_manifest, write_shard
 
 log = logging.getLogger(__name__)
 
-AUDIO_SAMPLE_RATE = 16_000  # Hz
 MAX_LOST_FRACTION = 0.2  # clips losing the face on more frames than this are dropped
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 # one video per task: decoding + per-frame dlib landmarks is ~1 CPU; more CPUs per task would idle
 CPUS_PER_VIDEO = 1
 
 
-def list_videos(input_uri: str) -> list[str]:
+def list_videos(input_uri: str, storage_options: StorageOptions | None = None) -> list[str]:
     """Every video file under a local folder or object-storage prefix, sorted (deterministic shards)."""
-    fs, root = fsspec.core.url_to_fs(input_uri)
+    fs, root = storage.filesystem(input_uri, storage_options)
     if not fs.exists(root):
         raise FileNotFoundError(f"{input_uri}: no such folder or prefix")
-    protocol = input_uri.split("://")[0] + "://" if "://" in input_uri else ""
     files = [f for f in fs.find(root) if f.lower().endswith(VIDEO_SUFFIXES)]
     if not files:
         raise FileNotFoundError(f"{input_uri}: no video files ({', '.join(VIDEO_SUFFIXES)})")
-    return sorted(protocol + f if protocol and not f.startswith(protocol) else f for f in files)
+    return sorted(storage.full_uri(fs, f) for f in files)
 
 
 class VideoToShard:
     """Ray Data callable: a batch of video URIs -> one shard folder on the output, per batch."""
 
-    def __init__(self, output_dir: str, image_size: int, fps: float, clip_frames: int):
+    def __init__(self, output_dir: str, image_size: int, fps: float, clip_frames: int,
+                 storage_options: StorageOptions | None = None):
         from faces import FaceAnalyzer
 
         self.analyzer = FaceAnalyzer()  # loads the dlib models once per worker
@@ -66,6 +63,7 @@ class VideoToShard:
         self.image_size = image_size
         self.fps = fps
         self.clip_frames = clip_frames
+        self.storage_options = storage_options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         clips: list[Clip] = []
@@ -86,12 +84,7 @@ class VideoToShard:
         from media import read_video
 
         with tempfile.TemporaryDirectory() as tmp:
-            local = uri
-            if "://" in uri and not uri.startswith("file://"):
-                local = str(Path(tmp) / Path(uri).name)
-                fs, path = fsspec.core.url_to_fs(uri)
-                fs.get_file(path, local)
-            video = read_video(local.removeprefix("file://"))
+            video = read_video(str(storage.fetch(uri, Path(tmp), self.storage_options)))
         if video.audio is None or len(video.audio) == 0:  # read_video gives None without an audio stream
             raise ValueError(f"{uri}: the video has no audio track")
         if video.sample_rate != AUDIO_SAMPLE_RATE:
@@ -145,21 +138,22 @@ class VideoToShard:
 
 
 def prepare_corpus(input_uri: str, output_dir: str | Path, image_size: int = 128, fps: float = 25.0,
-                   clip_frames: int = 50, videos_per_shard: int = 4) -> dict:
+                   clip_frames: int = 50, videos_per_shard: int = 4,
+                   storage_options: StorageOptions | None = None) -> dict:
     """Run the Ray Data job; returns {"shards", "clips", "errors"}. Uses the current Ray cluster
-    (or starts a local one)."""
+    (or starts a local one); `storage_options` reach every worker that reads the input."""
     import ray
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    videos = list_videos(input_uri)
+    videos = list_videos(input_uri, storage_options)
     # INPUT: one row per video URI. OUTPUT: one row per shard written (shard name, clip count, errors).
     # Fan-in: VIDEOS_PER_SHARD videos per batch -> one shard; actors hold the dlib models.
     ds = ray.data.from_items([{"uri": v} for v in videos], override_num_blocks=max(1, len(videos) // videos_per_shard))
     results = ds.map_batches(
         VideoToShard,
         fn_constructor_kwargs={"output_dir": str(output_dir), "image_size": image_size, "fps": fps,
-                               "clip_frames": clip_frames},
+                               "clip_frames": clip_frames, "storage_options": storage_options},
         batch_size=videos_per_shard,
         num_cpus=CPUS_PER_VIDEO,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(ray.available_resources().get("CPU", 1)))),
@@ -174,23 +168,3 @@ def prepare_corpus(input_uri: str, output_dir: str | Path, image_size: int = 128
                    source={"kind": "corpus", "input": input_uri, "videos": len(videos), "errors": errors})
     return {"shards": shards, "clips": clips, "errors": errors}
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.prepare", description="video corpus -> training shards")
-    p.add_argument("input", help="folder or s3:// prefix of MP4s")
-    p.add_argument("output", help="local folder for the shards")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--fps", type=float, default=25.0)
-    p.add_argument("--clip-frames", type=int, default=50)
-    p.add_argument("--videos-per-shard", type=int, default=4)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    summary = prepare_corpus(args.input, args.output, args.image_size, args.fps, args.clip_frames, args.videos_per_shard)
-    print(f"{summary['clips']} clips in {len(summary['shards'])} shards; {len(summary['errors'])} errors")
-    for line in summary["errors"]:
-        print("  " + line, file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 
 from faces.gaze import GAZE_SHIFT
+from model.config import AUDIO_SAMPLE_RATE
 
-AUDIO_SAMPLE_RATE = 16_000  # Hz, the model's audio rate
 PUPPET_CONTROLS = ("yaw", "pitch", "roll", "blink", "gaze_x", "gaze_y", "lip")
 
 # dlib 68-point indices

@@ -63,7 +63,7 @@ class ClipDataset:
         manifest_path = self.root / "dataset.json"
         if not manifest_path.is_file():
             raise DatasetError(f"{self.root}: no dataset.json (build one with `eartalk train --dataset synthetic` "
-                               f"or training.prepare)")
+                               f"or `eartalk prepare`)")
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT_VERSION:
             raise DatasetError(f"{manifest_path}: format {self.manifest.get('format')!r}, expected {FORMAT_VERSION}")

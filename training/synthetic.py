@@ -28,8 +28,9 @@ import cv2
 import numpy as np
 from faces import eye_openness
 
+from model.config import AUDIO_SAMPLE_RATE
 from training import ingredients
-from training.ingredients import AUDIO_SAMPLE_RATE, AlignedPortrait, SpeechClip
+from training.ingredients import AlignedPortrait, SpeechClip
 from training.puppet import PUPPET_CONTROLS, ControlTracks, Puppet, PuppetConfig
 from training.shards import Clip, write_manifest, write_shard
 
@@ -51,7 +52,7 @@ class SyntheticConfig:
     num_clips: int = 192  # clips in the data set
     clips_per_shard: int = 64
     seed: int = 0
-    media_root: str = str(ingredients.SHARED_MEDIA)
+    media_root: str = "../shared/media"  # portraits/, speech/ and video/ (relative to the working directory)
     training_portraits: tuple[str, ...] = ("obama.jpg", "obama2.jpg")  # under media_root/portraits
     include_astronaut: bool = True  # skimage.data.astronaut()
     video_frame_times: tuple[float, ...] = (0.2, 2.9, 3.8, 5.0)  # s: open eyes, closed mouth

@@ -56,3 +56,26 @@ def test_a_video_without_an_audio_track_is_refused_with_the_cause(shared_media, 
                     "-t", "1", "-an", "-c:v", "libx264", str(silent)], check=True)
     with pytest.raises(ValueError, match="silent.mp4: the video has no audio track"):
         VideoToShard(str(tmp_path / "shards"), image_size=128, fps=25.0, clip_frames=25).video_clips(str(silent))
+
+
+def test_eartalk_prepare_refuses_a_folder_without_videos_before_starting_ray(tmp_path, capsys):
+    from jobs.cli import main as eartalk
+
+    assert eartalk(["prepare", str(tmp_path), str(tmp_path / "shards")]) == 2
+    assert f"{tmp_path}: no video files" in capsys.readouterr().err and not (tmp_path / "shards").exists()
+
+
+def test_videos_under_an_s3_prefix_are_listed_and_fetched_through_the_storage_options(s3_server, s3_bucket, corpus, tmp_path):
+    from storage import StorageOptions
+    from training.prepare import VideoToShard
+
+    fs = s3_server.filesystem()
+    fs.put(str(corpus / "speaker1" / "clip.mp4"), f"{s3_bucket}/corpus/a/clip.mp4")
+    fs.pipe(f"{s3_bucket}/corpus/notes.txt", b"not a video")
+    options = StorageOptions(endpoint_url=s3_server.endpoint_url, key=s3_server.access_key,
+                             secret=s3_server.secret_key, region=s3_server.region)
+    videos = list_videos(f"s3://{s3_bucket}/corpus", options)
+    assert videos == [f"s3://{s3_bucket}/corpus/a/clip.mp4"]
+    clips = VideoToShard(str(tmp_path / "shards"), image_size=128, fps=25.0, clip_frames=25,
+                         storage_options=options).video_clips(videos[0])
+    assert len(clips) == 2 and clips[0].info["source"] == videos[0]
