@@ -302,8 +302,8 @@ class Puppet:
         closing = 1.0 - float(np.clip(blink, 0.0, 1.0))
         for upper, lower in UPPER_LID_TO_LOWER.items():
             pts[upper] += (self._points3d[lower] - self._points3d[upper]) * closing * 0.85
-        cfg = self.config
-        rotation = rotation_matrix(yaw / cfg.yaw_gain, pitch / cfg.pitch_gain, roll / cfg.roll_gain)
+        config = self.config
+        rotation = rotation_matrix(yaw / config.yaw_gain, pitch / config.pitch_gain, roll / config.roll_gain)
         # rotating about the landmarks' own centre keeps the head in place, as the aligned crop expects
         pivot = np.array([self._centre[0], self._centre[1], self._points3d[:, 2].mean() - self.config.pivot_depth * w])
         rotated = (pts - pivot) @ rotation.T + pivot
