@@ -5,6 +5,8 @@
 -5 average to a perfect-looking 0, their absolute values to 5),
 `quality/failure_rate` (failed rows over rows that were attempted, skipped ones excluded),
 `quality/rows_ok`, and `quality/frames_per_s` (rendered frames over summed render + encode seconds).
+Timings (`metrics.schema.TIMING_COLUMNS`, seconds per row) go under `timing/<column>/mean|p10|p50|p90`:
+they describe the machine's load, so no dashboard or comparison reads them as quality.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .schema import ABS_LOWER_IS_BETTER, METRIC_COLUMNS
+from .schema import ABS_LOWER_IS_BETTER, METRIC_COLUMNS, TIMING_COLUMNS
 
 STATS = {"mean": np.mean, "p10": lambda v: np.percentile(v, 10), "p50": np.median, "p90": lambda v: np.percentile(v, 90)}
-NOT_AGGREGATED = {"learned_metrics_reason", "metrics_error"}
+NOT_AGGREGATED = {"learned_metrics_reason", "metrics_error", "metrics_frames"}  # text, and frames analysed
 
 
 def metric_name(metric: str, stat: str) -> str:
-    return f"quality/{metric}/{stat}"
+    return f"{'timing' if metric in TIMING_COLUMNS else 'quality'}/{metric}/{stat}"
 
 
 def aggregate_metrics(results: pd.DataFrame) -> dict[str, float]:
@@ -30,7 +32,7 @@ def aggregate_metrics(results: pd.DataFrame) -> dict[str, float]:
     out["quality/failure_rate"] = float((status == "failed").sum() / attempted.sum()) if attempted.any() else 0.0
     ok = results[status == "ok"]
     out["quality/rows_ok"] = float(len(ok))
-    for metric in METRIC_COLUMNS:
+    for metric in dict.fromkeys([*METRIC_COLUMNS, *TIMING_COLUMNS]):
         if metric in NOT_AGGREGATED or metric not in ok:
             continue
         values = pd.to_numeric(ok[metric], errors="coerce").to_numpy(np.float64)

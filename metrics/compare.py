@@ -20,10 +20,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from .aggregate import aggregate_metrics
+from .aggregate import aggregate_metrics, metric_name
 from .schema import METRIC_COLUMNS, REPORT_METRIC, TIMING_COLUMNS, direction, read_results, worst_rows
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -95,7 +94,7 @@ def compare_frames(current: pd.DataFrame, baseline: pd.DataFrame, thresholds: di
     for metric in judged_metrics():
         way = direction(metric)
         stat = "abs_mean" if way == "abs_lower" else "mean"
-        key = "quality/failure_rate" if metric == "failure_rate" else f"quality/{metric}/{stat}"
+        key = "quality/failure_rate" if metric == "failure_rate" else metric_name(metric, stat)
         if key not in cur_agg or key not in base_agg:
             continue
         b, c = base_agg[key], cur_agg[key]
@@ -110,16 +109,12 @@ def compare_frames(current: pd.DataFrame, baseline: pd.DataFrame, thresholds: di
 
 def compare_timings(current: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     """Mean seconds per 'ok' row of each timing column both tables measured: reported, never judged."""
-    def mean_s(results: pd.DataFrame, column: str) -> float:
-        ok = results[results["status"] == "ok"] if "status" in results else results
-        values = pd.to_numeric(ok[column], errors="coerce").to_numpy(np.float64) if column in ok else np.array([])
-        values = values[np.isfinite(values)]
-        return float(values.mean()) if values.size else math.nan
-
+    cur_agg, base_agg = aggregate_metrics(current), aggregate_metrics(baseline)
     rows = []
     for column in TIMING_COLUMNS:
-        b, c = mean_s(baseline, column), mean_s(current, column)
-        if not (math.isnan(b) or math.isnan(c)):
+        key = metric_name(column, "mean")
+        if key in cur_agg and key in base_agg:
+            b, c = base_agg[key], cur_agg[key]
             rows.append({"metric": column, "baseline": b, "current": c, "delta": c - b})
     return pd.DataFrame(rows, columns=TIMING_TABLE_COLUMNS)
 

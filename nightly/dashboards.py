@@ -90,11 +90,10 @@ def export_trends(tracking_uri: str | None, out_dir: Path, last_nights: int = 30
 def report_trends_png(tracking_uri: str | None, catalog: str, experiment: str = tracking.EXPERIMENT,
                       last_nights: int = 30) -> bytes | None:
     """The run report's trend plot: per language, each quality mean and the failure rate over the last
-    nights (not bookkeeping such as measuring time or frames analysed); None before any night has them."""
+    nights; None before any night has them."""
     runs = tracking.search_nightly_runs(tracking_uri, tracking.SCOPE_LANGUAGE, last_nights, catalog, experiment)
     table = trend_table(runs, "language", prefixes=("quality/",))
-    table = table[(table["metric"].str.endswith("/mean") | (table["metric"] == "quality/failure_rate"))
-                  & ~table["metric"].str.startswith("quality/metrics_")]
+    table = table[table["metric"].str.endswith("/mean") | (table["metric"] == "quality/failure_rate")]
     if table.empty:
         return None
     with tempfile.TemporaryDirectory() as scratch:

@@ -91,5 +91,8 @@ def test_aggregates_use_stable_names_and_skip_failed_and_missing():
     assert agg["quality/sync_confidence/p10"] < agg["quality/sync_confidence/p50"] < agg["quality/sync_confidence/p90"]
     assert agg["quality/frames_per_s"] == pytest.approx(900 / 22.5)
     assert "quality/brisque/mean" not in agg  # no data: left out, not zero
+    timed = aggregate_metrics(frame.assign(metrics_s=3.0, metrics_frames=100))
+    assert timed["timing/metrics_s/mean"] == 3.0 and timed["timing/render_s/p50"] == 2.0  # seconds, not quality
+    assert not any(k.startswith(("quality/metrics_", "quality/render_s")) for k in timed)
     skipped = frame.assign(status=["skipped"] * len(frame))
     assert aggregate_metrics(skipped)["quality/failure_rate"] == 0.0
