@@ -24,6 +24,7 @@ folder written by `eartalk prepare` / an earlier synthetic build. The launcher p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -34,6 +35,9 @@ from pathlib import Path
 import storage
 
 log = logging.getLogger("eartalk.train")
+# flags that set a training.config.LossConfig field of the same name (None: the default, or on resume the run's)
+LOSS_FLAGS = ("history_noise", "self_forcing", "control_dropout", "change_weight", "mouth_weight",
+              "vae_region_weight", "vae_blink_weight")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,20 +54,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--history-noise", type=float, default=None,
-                   help="noise on the teacher-forced history, x latent std (GeneratorConfig.history_noise)")
+                   help="noise on the teacher-forced history, x latent std (LossConfig.history_noise)")
     p.add_argument("--self-forcing", type=float, default=None,
-                   help="share of clips trained on the model's own rollout as history (GeneratorConfig.self_forcing)")
+                   help="share of clips trained on the model's own rollout as history (LossConfig.self_forcing)")
     p.add_argument("--control-dropout", type=float, default=None,
-                   help="probability that a control is hidden for a whole clip (GeneratorConfig.control_dropout)")
+                   help="probability that a control is hidden for a whole clip (LossConfig.control_dropout)")
     p.add_argument("--change-weight", type=float, default=None,
-                   help="weight of the loss on frame-to-frame change (GeneratorConfig.change_weight)")
+                   help="weight of the loss on frame-to-frame change (LossConfig.change_weight)")
     p.add_argument("--mouth-weight", type=float, default=None,
-                   help="weight of the loss on the mouth and chin's latent cells (GeneratorConfig.mouth_weight)")
+                   help="weight of the loss on the mouth and chin's latent cells (LossConfig.mouth_weight)")
     p.add_argument("--vae-region-weight", type=float, default=None,
-                   help="stage 1: weight of the squared error on the eyes' and mouth's pixels (GeneratorConfig.vae_region_weight)")
+                   help="stage 1: weight of the squared error on the eyes' and mouth's pixels (LossConfig.vae_region_weight)")
     p.add_argument("--vae-blink-weight", type=float, default=None,
                    help="stage 1: weight of the loss reading the blink label from the latent's eye cells "
-                        "(GeneratorConfig.vae_blink_weight; needs the lid layer, which the tiny preset has)")
+                        "(LossConfig.vae_blink_weight; needs the lid layer, which the tiny preset has)")
     p.add_argument("--closed-eye-share", type=float, default=0.0,
                    help="stage 1: share of frames drawn from the data set's closed-eye frames (blinks are rare)")
     p.add_argument("--vae-decoder-only", action="store_true",
@@ -96,26 +100,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from model import PRESETS, get_preset
+    from model.config import ConfigError
     from training.checkpointing import copy_checkpoint
-    from training.loops import DEFAULT_DEEPSPEED_CONFIG, TrainConfig, train
+    from training.config import DEFAULT_DEEPSPEED_CONFIG, TrainConfig
+    from training.loops import train
 
     # S3 settings are read once and handed to each storage call, the way the render driver does
     options = storage.StorageOptions.from_env()
 
-    # preflight: fail fast on inputs that cannot work, before anything is written
-    if args.preset not in PRESETS:
-        print(f"eartalk train: unknown --preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}",
-              file=sys.stderr)
-        return 2
-    for name, value, lower in (("--steps", args.steps, 0), ("--vae-steps", args.vae_steps, 0),
-                               ("--checkpoint-every", args.checkpoint_every, 1),
-                               ("--batch-clips", args.batch_clips, 1), ("--vae-batch-frames", args.vae_batch_frames, 1),
-                               ("--clip-frames", args.clip_frames, 2), ("--synthetic-clips", args.synthetic_clips, 1)):
-        if value < lower:
-            print(f"eartalk train: {name} must be >= {lower}, got {value}", file=sys.stderr)
-            return 2
+    # preflight: fail fast on inputs that cannot work, before anything is written; TrainConfig checks
+    # every value, and its error names the field, which is written here as the flag that sets it
+    model_overrides = {name: True for name in ("audio_level", "audio_mouth", "vae_lid_layer") if getattr(args, name)}
+    loss_overrides = {name: getattr(args, name) for name in LOSS_FLAGS if getattr(args, name) is not None}
     ds_config = Path(args.deepspeed_config or DEFAULT_DEEPSPEED_CONFIG)
+    try:
+        config = TrainConfig(dataset=args.dataset, output=args.output, preset=args.preset, seed=args.seed,
+                             model_overrides=model_overrides, loss_overrides=loss_overrides,
+                             vae_steps=args.vae_steps, steps=args.steps, batch_clips=args.batch_clips,
+                             vae_batch_frames=args.vae_batch_frames, clip_frames=args.clip_frames, lr=args.lr,
+                             vae_lr=args.vae_lr, vae_decoder_only=args.vae_decoder_only,
+                             deepspeed_config=str(ds_config), closed_eye_share=args.closed_eye_share,
+                             checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+                             tracking_uri=args.tracking_uri, experiment=args.experiment,
+                             max_minutes=args.max_minutes, init_from=args.init_from)
+    except ConfigError as e:
+        print(f"eartalk train: {e.naming(lambda name: '--' + name.replace('_', '-'))}", file=sys.stderr)
+        return 2
+    if args.synthetic_clips < 1:  # training.synthetic.SyntheticConfig's own check is an assert
+        print(f"eartalk train: --synthetic-clips must be >= 1, got {args.synthetic_clips}", file=sys.stderr)
+        return 2
     if not ds_config.is_file():
         print(f"eartalk train: DeepSpeed config {ds_config} does not exist", file=sys.stderr)
         return 2
@@ -123,39 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eartalk train: {args.dataset} is neither 'synthetic' nor a shard folder with dataset.json",
               file=sys.stderr)
         return 2
-    for name, value, upper in (("--history-noise", args.history_noise, None), ("--change-weight", args.change_weight, None),
-                               ("--mouth-weight", args.mouth_weight, None),
-                               ("--vae-region-weight", args.vae_region_weight, None),
-                               ("--vae-blink-weight", args.vae_blink_weight, None),
-                               ("--closed-eye-share", args.closed_eye_share, 1.0),
-                               ("--self-forcing", args.self_forcing, 1.0), ("--control-dropout", args.control_dropout, 1.0)):
-        if value is not None and (value < 0 or (upper is not None and value > upper)):
-            bound = f"in [0, {upper:g}]" if upper is not None else ">= 0"
-            print(f"eartalk train: {name} must be {bound}, got {value:g}", file=sys.stderr)
-            return 2
-    if args.vae_decoder_only and not args.init_from:
-        print("eartalk train: --vae-decoder-only refines the decoder of an --init-from checkpoint; "
-              "without one the encoder would stay at its random start", file=sys.stderr)
-        return 2
-    overrides = {name: value for name, value in (("history_noise", args.history_noise),
-                                                 ("self_forcing", args.self_forcing),
-                                                 ("control_dropout", args.control_dropout),
-                                                 ("change_weight", args.change_weight),
-                                                 ("mouth_weight", args.mouth_weight),
-                                                 ("vae_region_weight", args.vae_region_weight),
-                                                 ("vae_blink_weight", args.vae_blink_weight)) if value is not None}
-    if args.audio_level:
-        overrides["audio_level"] = True
-    if args.audio_mouth:
-        overrides["audio_mouth"] = True
-    if args.vae_lid_layer:
-        overrides["vae_lid_layer"] = True
-    if args.vae_blink_weight and not (args.vae_lid_layer or get_preset(args.preset).vae_lid_layer):
-        print(f"eartalk train: --vae-blink-weight trains the lid layer's readout, which --preset {args.preset} "
-              "lacks; add --vae-lid-layer", file=sys.stderr)
-        return 2
     if args.init_from:
-        problem = _init_from_problem(args.init_from, args.preset, overrides, options)
+        problem = _init_from_problem(args.init_from, args.preset, config.model_config(), options)
         if problem:
             print(f"eartalk train: --init-from {args.init_from} {problem}", file=sys.stderr)
             return 2
@@ -167,15 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             dataset_dir = Path(args.output.removeprefix("file://")) / "dataset"
         dataset = str(build_or_reuse_synthetic(dataset_dir, args))
-    config = TrainConfig(dataset=dataset, output=args.output, preset=args.preset, seed=args.seed,
-                         model_overrides=overrides,
-                         vae_steps=args.vae_steps, steps=args.steps, batch_clips=args.batch_clips,
-                         vae_batch_frames=args.vae_batch_frames, clip_frames=args.clip_frames, lr=args.lr,
-                         vae_lr=args.vae_lr, vae_decoder_only=args.vae_decoder_only, deepspeed_config=str(ds_config),
-                         closed_eye_share=args.closed_eye_share,
-                         checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
-                         tracking_uri=args.tracking_uri, experiment=args.experiment, max_minutes=args.max_minutes,
-                         init_from=args.init_from)
+    config = dataclasses.replace(config, dataset=dataset)
     log.info("config: %s", json.dumps(config.__dict__, default=str))
     result = train(config)
     if args.install and result.final_checkpoint:
@@ -188,11 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _init_from_problem(uri: str, preset: str, overrides: dict, options: storage.StorageOptions) -> str | None:
-    """Why a fine-tuning run cannot start from `uri`, or None: checked before a data set is built."""
-    import dataclasses
-
-    from model import GeneratorConfig, get_preset
+def _init_from_problem(uri: str, preset: str, new: "GeneratorConfig", options: storage.StorageOptions) -> str | None:
+    """Why a fine-tuning run into `new` (--preset `preset`) cannot start from `uri`, or None: checked before a
+    data set is built."""
+    from model import GeneratorConfig
     from model.checkpoint import fine_tune_refusals
 
     fs, path = storage.filesystem(uri, options)
@@ -202,9 +175,9 @@ def _init_from_problem(uri: str, preset: str, overrides: dict, options: storage.
     try:
         with fs.open(config_path, "r") as f:
             saved = GeneratorConfig.from_dict(json.load(f)["config"])
-    except (ValueError, KeyError, TypeError, AssertionError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         return f"has an unreadable config.json ({e})"
-    refused = fine_tune_refusals(saved, dataclasses.replace(get_preset(preset), **overrides))
+    refused = fine_tune_refusals(saved, new)
     return f"has another architecture than --preset {preset} (checkpoint, new): {refused}" if refused else None
 
 

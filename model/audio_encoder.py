@@ -86,22 +86,26 @@ class LogMel(nn.Module):
 
 
 class AudioEncoder(nn.Module):
-    """(B, N) waveform + fps + frame count -> (B, F, A, D) audio tokens."""
+    """(B, N) waveform + fps + frame count -> (B, F, A, d_model) audio tokens.
 
-    def __init__(self, cfg: GeneratorConfig):
+    Shapes: B batch, N samples, M mel frames, F video frames, K mel frames in a video frame's window,
+    E features per mel frame, A audio tokens per video frame.
+    """
+
+    def __init__(self, config: GeneratorConfig):
         super().__init__()
-        self.cfg = cfg
-        self.logmel = LogMel(cfg.n_mels, cfg.mel_hop_ms)
-        self.context = int(round(cfg.audio_context_ms / cfg.mel_hop_ms / 2))  # mel frames each side
+        self.config = config
+        self.logmel = LogMel(config.n_mels, config.mel_hop_ms)
+        self.context = int(round(config.audio_context_ms / config.mel_hop_ms / 2))  # mel frames each side
         width = (2 * self.context + 1) * self.features_per_mel_frame
-        self.norm = nn.LayerNorm(cfg.n_mels)
+        self.norm = nn.LayerNorm(config.n_mels)
         self.proj = nn.Sequential(
-            nn.Linear(width, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.audio_tokens * cfg.d_model)
+            nn.Linear(width, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.audio_tokens * config.d_model)
         )
 
     @property
     def features_per_mel_frame(self) -> int:
-        return self.cfg.n_mels + int(self.cfg.audio_level)
+        return self.config.n_mels + int(self.config.audio_level)
 
     def frame_features(self, wave: torch.Tensor, fps: float, num_frames: int) -> torch.Tensor:
         """(B, N) -> (B, F, 2 * context + 1, features_per_mel_frame) mel windows centred audio_lead_ms
@@ -109,11 +113,11 @@ class AudioEncoder(nn.Module):
         log_mel = self.logmel(wave)  # (B, M, n_mels), fp32 whatever the model's or the wave's dtype
         dtype = self.norm.weight.dtype
         mel = self.norm(log_mel.to(dtype))
-        if self.cfg.audio_level:
+        if self.config.audio_level:
             mel = torch.cat((mel, speech_level(log_mel)[..., None].to(dtype)), dim=-1)  # (B, M, n_mels + 1)
         M = mel.shape[1]
-        mel_rate = 1000.0 / self.cfg.mel_hop_ms  # mel frames per second
-        times = (torch.arange(num_frames, device=wave.device) + 0.5) / fps + self.cfg.audio_lead_ms / 1000.0  # (F,) s
+        mel_rate = 1000.0 / self.config.mel_hop_ms  # mel frames per second
+        times = (torch.arange(num_frames, device=wave.device) + 0.5) / fps + self.config.audio_lead_ms / 1000.0  # (F,) s
         centres = torch.round(times * mel_rate).long()  # (F,)
         offsets = torch.arange(-self.context, self.context + 1, device=wave.device)  # (K,)
         idx = centres[:, None] + offsets[None, :]  # (F, K)
@@ -124,8 +128,8 @@ class AudioEncoder(nn.Module):
     def forward(self, wave: torch.Tensor, fps: float, num_frames: int) -> torch.Tensor:
         B = wave.shape[0]
         windows = self.frame_features(wave, fps, num_frames)  # (B, F, K, E)
-        tokens = self.proj(windows.flatten(2))  # (B, F, A * D)
-        return tokens.view(B, num_frames, self.cfg.audio_tokens, self.cfg.d_model)  # (B, F, A, D)
+        tokens = self.proj(windows.flatten(2))  # (B, F, A * d_model)
+        return tokens.view(B, num_frames, self.config.audio_tokens, self.config.d_model)  # (B, F, A, d_model)
 
 
 class PretrainedSpeechFeatures(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import TRAINING_ONLY_FIELDS, GeneratorConfig
+from .config import GeneratorConfig
 from .generator import Generator
 
 FORMAT = "eartalking-generator"
@@ -49,6 +49,7 @@ def checkpoint_version(directory: str | Path) -> str:
 
 
 def read_config(directory: str | Path) -> tuple[GeneratorConfig, dict]:
+    """A checkpoint's GeneratorConfig and its whole config.json; loss weights older checkpoints saved are dropped."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing ({CONFIG_FILE} must sit beside {WEIGHTS_FILE})")
@@ -62,7 +63,7 @@ def read_config(directory: str | Path) -> tuple[GeneratorConfig, dict]:
         raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}")
     try:
         return GeneratorConfig.from_dict(meta["config"]), meta
-    except (KeyError, TypeError, ValueError, AssertionError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid config ({e})") from None
 
 
@@ -92,16 +93,16 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", e
         pickles = sorted(p.name for p in directory.glob("*") if p.suffix in {".pt", ".pth", ".bin", ".ckpt", ".pkl"})
         hint = f" (found {pickles}: pickled checkpoints are refused, convert them to safetensors)" if pickles else ""
         raise CheckpointError(f"{weights}: missing{hint}")
-    cfg, _ = read_config(directory)
-    if expect is not None and expect != cfg:
-        diff = {k: (v, expect.to_dict()[k]) for k, v in cfg.to_dict().items() if expect.to_dict()[k] != v}
+    config, _ = read_config(directory)
+    if expect is not None and expect != config:
+        diff = {k: (v, expect.to_dict()[k]) for k, v in config.to_dict().items() if expect.to_dict()[k] != v}
         raise CheckpointError(f"{directory}: config differs from the expected one (checkpoint, expected): {diff}")
     refuse_pickle(weights)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: corrupt or not a safetensors file ({e})") from None
-    model = Generator(cfg)
+    model = Generator(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -118,23 +119,23 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", e
 GROWABLE_FIELDS = frozenset({"audio_level", "audio_mouth", "vae_lid_layer"})
 
 
-def _grow_audio_input(weight: torch.Tensor, cfg: GeneratorConfig) -> torch.Tensor:
-    """The audio projection's first weight (D, K * n_mels) -> (D, K * (n_mels + 1)), the level inputs at zero.
+def _grow_audio_input(weight: torch.Tensor, config: GeneratorConfig) -> torch.Tensor:
+    """The audio projection's first weight (d_model, K * n_mels) -> (d_model, K * (n_mels + 1)), K mel frames.
 
-    Zero weights on the new inputs keep the network's function unchanged at the start of fine-tuning.
+    The level inputs start at zero, which keeps the network's function unchanged at the start of fine-tuning.
     """
     rows = weight.shape[0]
-    per_frame = weight.view(rows, -1, cfg.n_mels)  # (D, K, n_mels)
+    per_frame = weight.view(rows, -1, config.n_mels)  # (d_model, K, n_mels)
     return torch.cat((per_frame, per_frame.new_zeros(rows, per_frame.shape[1], 1)), dim=2).flatten(1)
 
 
 def fine_tune_refusals(checkpoint: GeneratorConfig, new: GeneratorConfig) -> dict[str, tuple]:
     """Architecture fields a fine-tuning run cannot change from its checkpoint: name -> (checkpoint, new).
 
-    Training-only fields do not shape weights and may change; GROWABLE_FIELDS may be switched on.
+    Every field shapes the weights; GROWABLE_FIELDS may be switched on.
     """
     old, target = checkpoint.to_dict(), new.to_dict()
-    differ = {k: (old[k], target[k]) for k in target if old[k] != target[k] and k not in TRAINING_ONLY_FIELDS}
+    differ = {k: (old[k], target[k]) for k in target if old[k] != target[k]}
     return {k: v for k, v in differ.items() if k not in GROWABLE_FIELDS or v != (False, True)}
 
 

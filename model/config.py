@@ -1,18 +1,79 @@
 """Hyperparameters of the EARTalking generator, and the named sizes (`tiny`, `base`).
 
-One dataclass holds everything a checkpoint needs to rebuild the network; it is saved as JSON beside the
-weights (checkpoint.py). Sizes are chosen through `get_preset(name)`, never by literals elsewhere.
+One dataclass holds everything a checkpoint needs to rebuild the network, and nothing else (the loss
+weights that trained it live in training/config.py); it is saved as JSON beside the weights
+(checkpoint.py). Sizes are chosen through `get_preset(name)`, never by literals elsewhere. Every field is
+checked once, in `__post_init__`, and a bad one raises `ConfigError` naming it.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 
 AUDIO_SAMPLE_RATE = 16_000  # Hz: every audio tensor the model sees is mono at this rate
-# fields that only shape the training loss: a checkpoint's architecture does not depend on them, and a
-# resumed training run may change them
-TRAINING_ONLY_FIELDS = frozenset({"history_noise", "control_dropout", "self_forcing", "change_weight", "mouth_weight",
-                                  "vae_region_weight", "vae_blink_weight"})
+# loss weights that checkpoints written before training/config.py existed carry in their config.json:
+# read and dropped, since they never shaped the weights (training.config.LossConfig holds them now)
+RETIRED_FIELDS = frozenset({"history_noise", "control_dropout", "self_forcing", "change_weight", "mouth_weight",
+                            "vae_region_weight", "vae_blink_weight"})
+
+
+class ConfigError(ValueError):
+    """A config field holding a value it cannot take.
+
+    The message is a template in which `{name}` stands for each field it mentions, so a command line can
+    name its flags instead (`jobs/train.py`): `str(error)` names the fields themselves.
+    """
+
+    def __init__(self, field: str, template: str):
+        self.field, self.template = field, template
+        super().__init__(self.naming(lambda name: name))
+
+    def naming(self, name_of: Callable[[str], str]) -> str:
+        """The message with every `{name}` written as `name_of(name)`."""
+        message, start = self.template, 0
+        while (open_at := message.find("{", start)) >= 0 and (close_at := message.find("}", open_at)) >= 0:
+            name = message[open_at + 1 : close_at]
+            if not name.isidentifier():  # a value's own braces (a dict's repr): left as they are
+                start = close_at + 1
+                continue
+            shown = name_of(name)
+            message = message[:open_at] + shown + message[close_at + 1 :]
+            start = open_at + len(shown)
+        return message
+
+
+def _shown(value) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return repr(value).replace("{", "(").replace("}", ")")
+
+
+def check_int(name: str, value, low: int | None = None) -> None:
+    """`value` is an int (not a bool), at least `low`; else ConfigError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"{{{name}}} must be an int, got {_shown(value)}")
+    if low is not None and value < low:
+        raise ConfigError(name, f"{{{name}}} must be >= {low}, got {_shown(value)}")
+
+
+def check_number(name: str, value, low: float | None = None, high: float | None = None,
+                 positive: bool = False) -> None:
+    """`value` is a finite real number in [low, high] (> 0 with `positive`); else ConfigError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(name, f"{{{name}}} must be a finite number, got {_shown(value)}")
+    if positive and value <= 0:
+        raise ConfigError(name, f"{{{name}}} must be > 0, got {_shown(value)}")
+    if low is not None and high is not None and not low <= value <= high:
+        raise ConfigError(name, f"{{{name}}} must be in [{low:g}, {high:g}], got {_shown(value)}")
+    if low is not None and value < low:
+        raise ConfigError(name, f"{{{name}}} must be >= {low:g}, got {_shown(value)}")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(name, f"{{{name}}} must be true or false, got {_shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -43,32 +104,38 @@ class GeneratorConfig:
     d_model: int = 256  # token width
     n_layers: int = 5
     n_heads: int = 4
-    mlp_ratio: float = 3.0
+    mlp_ratio: float = 3.0  # MLP hidden width / d_model
     rope_base: float = 10_000.0  # RoPE base over frame positions
     # ---- Sink Frame Window Attention policy (streaming-llm's start_size / recent_size)
     sink_frames: int = 1  # reference frames kept forever at the start of the cache
     window_frames: int = 8  # most recent frame blocks attended to, the current one included
-    # ---- FCIC controls
-    control_dropout: float = 0.5  # training: probability that a given control is hidden for a whole clip
-    history_noise: float = 0.1  # training: std of noise added to teacher-forced previous-frame latents
-    self_forcing: float = 0.0  # training: share of clips whose history is the model's own rollout
-    change_weight: float = 0.0  # training: weight of the loss term on what changed since the previous frame
-    mouth_weight: float = 0.0  # training: weight of the loss term on the mouth and chin's latent cells (MOUTH_REGION)
-    vae_region_weight: float = 0.0  # training, stage 1: weight of the squared error on the eyes' and mouth's pixels
-    # training, stage 1: weight of the loss that reads the blink label from the latent's eye cells (needs the
-    # lid layer's readout): without it the encoder has no reason to carry a lid the decoder cannot yet draw
-    vae_blink_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        assert len(self.vae_channels) >= 2, "the VAE decoder predicts its flow at the second-finest scale"
-        assert self.image_size % (2 ** len(self.vae_channels)) == 0, "image_size must divide by the VAE stride"
-        assert self.latent_size % self.latent_patch == 0, "latent grid must divide into patches"
-        assert self.d_model % self.n_heads == 0 and self.head_dim % 2 == 0, "head dim must be even for RoPE"
-        assert self.sink_frames >= 1 and self.window_frames >= 1
-        assert 0.0 <= self.control_dropout <= 1.0 and 0.0 <= self.self_forcing <= 1.0
-        assert self.change_weight >= 0.0 and self.mouth_weight >= 0.0 and self.vae_region_weight >= 0.0
-        assert self.vae_blink_weight >= 0.0 and (self.vae_blink_weight == 0.0 or self.vae_lid_layer), \
-            "vae_blink_weight trains the lid layer's readout: it needs vae_lid_layer"
+        if isinstance(self.vae_channels, list):  # JSON and callers may hand a list; the frozen config keeps a tuple
+            object.__setattr__(self, "vae_channels", tuple(self.vae_channels))
+        for name in ("image_size", "latent_channels", "latent_patch", "n_mels", "audio_tokens", "d_model",
+                     "n_layers", "n_heads", "sink_frames", "window_frames"):
+            check_int(name, getattr(self, name), low=1)
+        for name in ("mel_hop_ms", "audio_context_ms", "mlp_ratio", "rope_base"):
+            check_number(name, getattr(self, name), positive=True)
+        check_number("audio_lead_ms", self.audio_lead_ms)
+        for name in ("vae_lid_layer", "audio_level", "audio_mouth"):
+            check_bool(name, getattr(self, name))
+        if not isinstance(self.vae_channels, tuple) or len(self.vae_channels) < 2 or any(
+                isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.vae_channels):
+            # the decoder predicts its flow at the second-finest scale, so there are at least two stages
+            raise ConfigError("vae_channels", "{vae_channels} must be a list of at least two ints >= 1, "
+                              f"got {_shown(self.vae_channels)}")
+        stride = 2 ** len(self.vae_channels)
+        if self.image_size % stride:
+            raise ConfigError("image_size", f"{{image_size}} must divide by the VAE's stride {stride} "
+                              f"(2 ** len(vae_channels)), got {self.image_size}")
+        if self.latent_size % self.latent_patch:
+            raise ConfigError("latent_patch", f"{{latent_patch}} must divide the latent grid's side "
+                              f"{self.latent_size}, got {self.latent_patch}")
+        if self.d_model % self.n_heads or self.head_dim % 2:
+            raise ConfigError("n_heads", f"{{n_heads}} must split d_model {self.d_model} into heads of an even "
+                              f"width (RoPE rotates pairs), got {self.n_heads}")
 
     # ---- derived sizes
     @property
@@ -84,24 +151,22 @@ class GeneratorConfig:
         return self.latent_channels * self.latent_patch**2
 
     @property
-    def head_dim(self) -> int:
+    def head_dim(self) -> int:  # D: width of one attention head
         return self.d_model // self.n_heads
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["vae_channels"] = list(self.vae_channels)
-        return d
+        out = asdict(self)
+        out["vae_channels"] = list(self.vae_channels)
+        return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GeneratorConfig":
+    def from_dict(cls, saved: dict) -> "GeneratorConfig":
+        """The config a checkpoint saved; its RETIRED_FIELDS are dropped, any other unknown field is refused."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(saved) - known - RETIRED_FIELDS)
         if unknown:
-            raise ValueError(f"unknown config fields: {unknown}")
-        d = dict(d)
-        if "vae_channels" in d:
-            d["vae_channels"] = tuple(d["vae_channels"])
-        return cls(**d)
+            raise ConfigError(unknown[0], f"unknown config fields: {unknown}")
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
 
 PRESETS: dict[str, GeneratorConfig] = {

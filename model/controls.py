@@ -2,8 +2,8 @@
 
 Every frame block carries one token per control (head pose, blink, gaze, expression, lip intensity).
 A control given at frame t enters only frame t's block; where nothing is given (NaN) the token is that
-control's learned "absent" embedding, so the model moves freely. Training hides each control for a whole
-clip with probability `control_dropout`, which is what teaches the model the free path.
+control's learned "absent" embedding, so the model moves freely. Training hides each control for whole
+clips (training/losses.py), which is what teaches the model the free path.
 
 Departure from the paper: values are normalised to [-1, 1] by the fixed ranges below rather than learned
 statistics, so a control track's meaning never depends on the training data.
@@ -65,7 +65,7 @@ def stack_controls(controls: dict[str, torch.Tensor] | None, num_frames: int) ->
 
 
 class ControlEmbedding(nn.Module):
-    """(B, F, C) control values with NaN = absent -> (B, F, C, D) control tokens."""
+    """(B, F, C) control values with NaN = absent -> (B, F, C, d_model) control tokens (C controls)."""
 
     def __init__(self, d_model: int):
         super().__init__()
@@ -88,17 +88,10 @@ class ControlEmbedding(nn.Module):
             spec = CONTROL_SPECS[name]
             if spec.kind == "categorical":
                 idx = torch.nan_to_num(v, nan=0.0).round().clamp(0, len(spec.categories) - 1).long()
-                given = self.categorical[name](idx)  # (B, F, D)
+                given = self.categorical[name](idx)  # (B, F, d_model)
             else:
                 x = spec.normalise(torch.nan_to_num(v, nan=spec.min)).unsqueeze(-1)  # (B, F, 1)
-                given = self.continuous[name](x)  # (B, F, D)
-            tok = torch.where(present.unsqueeze(-1), given, self.absent[c])  # (B, F, D)
+                given = self.continuous[name](x)  # (B, F, d_model)
+            tok = torch.where(present.unsqueeze(-1), given, self.absent[c])  # (B, F, d_model)
             tokens.append(tok + self.kind[c])
-        return torch.stack(tokens, dim=2)  # (B, F, C, D)
-
-
-def drop_controls(values: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Training-time control dropout: hide each control of each clip entirely with probability p."""
-    B, _, C = values.shape
-    hide = torch.rand(B, 1, C, generator=generator, device=values.device) < p  # (B, 1, C)
-    return values.masked_fill(hide, math.nan)
+        return torch.stack(tokens, dim=2)  # (B, F, C, d_model)

@@ -13,10 +13,9 @@ With `vae_lid_layer`, a third layer joins the blend (a softmax over three weight
 the portrait's skin sampled a few pixels above each pixel, along a second flow. A closed lid is skin
 where the open eye was; painted from nothing it is a few pixels at 128 px that the painted layer learns
 last (it blurs them), while copied from above the eye it only needs the blend weight to flip there.
-The lid layer also brings a readout of the blink from the latent's eye cells; in training
-(`vae_blink_weight`) it makes the encoder carry the lid, which the decoder can then learn to draw.
-Measured on the shipped checkpoint, the readout is what made the blinks: the decoder gives the lid layer
-at most 8 % of the blend over the eyes and draws the lids with its painted layer (README, phase 7).
+The lid layer also brings a readout of the blink from the latent's eye cells (`read_blink`); trained
+against blink labels (training/losses.py) it makes the encoder carry the lid, which the decoder can then
+learn to draw with either layer.
 
 Why: a latent of 16x16x8 cannot carry a face's texture sharply, and a blurred face loses its identity
 (and its landmarks) — but a talking head's pixels are almost all the portrait's, moved. So the latent
@@ -25,7 +24,10 @@ construction, and the model generalizes to faces it never saw (warping is identi
 the motion-transfer idea of FOMM / LIA, in the latent the SFA transformer predicts.
 
 GroupNorm rather than BatchNorm, so a video's frames never depend on which videos share its batch. The
-KL weight is tiny (as in latent-diffusion autoencoders): the latent is for reconstruction, not sampling.
+encoder is a VAE's (`posterior`: mean and log-variance), but the model only ever uses the mean; the loss
+that trains it lives in training/losses.py.
+
+Shapes: B batch, S image side, Cl latent channels, L latent grid side.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import GeneratorConfig
-from .face_regions import EYES_REGION, MOUTH_REGION, region_cells
+from .face_regions import EYES_REGION, region_cells
 
 
 def norm(channels: int) -> nn.GroupNorm:
@@ -73,26 +75,25 @@ class Reference(NamedTuple):
 
 
 class FrameVAE(nn.Module):
-    kl_weight = 1e-6
     max_flow = 0.5  # largest displacement, in grid_sample's [-1, 1] units (a quarter of the frame)
     lid_lift = 5.0 / 128  # the lid layer starts sampling this far above each pixel: the lid skin over an eye
     lid_start_logit = -4.0  # the lid layer's blend logit at the start: e^-4 against the mask's ~e^3, ~0.1 % of the blend
 
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, config: GeneratorConfig):
         super().__init__()
-        self.cfg = cfg
-        chans = cfg.vae_channels
+        self.config = config
+        chans = config.vae_channels
         self.stem = nn.Conv2d(3, chans[0], 3, padding=1)
         self.down = nn.ModuleList()
         c_in = chans[0]
         for c in chans:
             self.down.append(nn.Sequential(nn.Conv2d(c_in, c, 4, stride=2, padding=1), ResBlock(c)))  # halves H, W
             c_in = c
-        self.to_latent = nn.Sequential(norm(c_in), nn.SiLU(), nn.Conv2d(c_in, 2 * cfg.latent_channels, 3, padding=1))
+        self.to_latent = nn.Sequential(norm(c_in), nn.SiLU(), nn.Conv2d(c_in, 2 * config.latent_channels, 3, padding=1))
 
         # decoder: at each scale, coarse to fine, join the portrait's features of that scale (1x1 conv)
         ref_chans = (chans[0], *chans)  # encoder feature widths at S, S/2, ..., finest first
-        self.from_latent = nn.Conv2d(cfg.latent_channels, chans[-1], 3, padding=1)
+        self.from_latent = nn.Conv2d(config.latent_channels, chans[-1], 3, padding=1)
         self.join = nn.ModuleList()
         self.up = nn.ModuleList()
         c_in = chans[-1]
@@ -108,7 +109,7 @@ class FrameVAE(nn.Module):
         nn.init.zeros_(self.to_flow[-1].weight)  # start as "the portrait, unmoved"
         nn.init.zeros_(self.to_flow[-1].bias)
         nn.init.constant_(self.to_paint[-1].bias[:1], 3.0)  # mask ~0.95: copy the portrait at first
-        if cfg.vae_lid_layer:
+        if config.vae_lid_layer:
             self.to_lid_flow = nn.Sequential(norm(chans[1]), nn.SiLU(), nn.Conv2d(chans[1], 2, 3, padding=1))
             self.to_lid = nn.Sequential(norm(c_in), nn.SiLU(), nn.Conv2d(c_in, 1, 3, padding=1))
             nn.init.zeros_(self.to_lid_flow[-1].weight)  # start: straight up by lid_lift (y < 0 is up)
@@ -116,10 +117,10 @@ class FrameVAE(nn.Module):
             self.to_lid_flow[-1].bias.data.copy_(torch.tensor([0.0, -lift]))
             nn.init.zeros_(self.to_lid[-1].weight)
             nn.init.constant_(self.to_lid[-1].bias, self.lid_start_logit)
-            self.lid_readout = nn.Linear(cfg.latent_channels, 1)  # eye cells' mean latent -> blink label
+            self.lid_readout = nn.Linear(config.latent_channels, 1)  # eye cells' mean latent -> blink label
 
     # ------------------------------------------------------------------ encoder
-    def _encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    def posterior(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         """(B, 3, S, S) in [0, 1] -> mean, log-variance (B, Cl, L, L), features per scale."""
         h = self.stem(frames * 2.0 - 1.0)
         features = [h]
@@ -131,11 +132,11 @@ class FrameVAE(nn.Module):
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Deterministic latent (the posterior mean): (B, 3, S, S) -> (B, Cl, L, L)."""
-        return self._encode(frames)[0]
+        return self.posterior(frames)[0]
 
     def reference(self, portraits: torch.Tensor) -> Reference:
         """Encode the portraits once per video: (B, 3, S, S) in [0, 1] -> Reference."""
-        mean, _, features = self._encode(portraits)
+        mean, _, features = self.posterior(portraits)
         return Reference(portraits, features, mean)
 
     # ------------------------------------------------------------------ decoder
@@ -154,7 +155,7 @@ class FrameVAE(nn.Module):
         painted = torch.sigmoid(paint[:, 1:])
         grid = _identity_grid(latents.shape[0], reference.image.shape[-2:], h.device, h.dtype) + self._flow(self.to_flow, half)
         warped = self._sample(reference.image, grid)
-        if not self.cfg.vae_lid_layer:
+        if not self.config.vae_lid_layer:
             mask = torch.sigmoid(paint[:, :1])
             return mask * warped + (1.0 - mask) * painted
         lid = self._sample(reference.image, grid + self._flow(self.to_lid_flow, half))
@@ -171,49 +172,17 @@ class FrameVAE(nn.Module):
     def _sample(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------ blink readout and parameter groups
     def read_blink(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, Cl, L, L) latents -> (B,) the blink label they carry (1 open, 0 closed); needs the lid layer."""
         eyes = region_cells(latents.shape[-1], EYES_REGION).to(latents)
         pooled = (latents * eyes).sum((-2, -1)) / eyes.sum()  # (B, Cl)
         return self.lid_readout(pooled)[:, 0]
 
-    def loss(self, frames: torch.Tensor, portraits: torch.Tensor,
-             blink: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Reconstruction of frames (B, 3, S, S) against their clips' portraits (B, 3, S, S), in [0, 1].
-
-        L1 + MSE over the frame, plus L1 weighted by how much each pixel differs from the portrait: most
-        of a talking head is static, and the mouth and eyes would otherwise drown in it. With
-        `vae_region_weight`, also the squared error over the eyes' and mouth's pixels (face_regions): a
-        closed lid is a few pixels at 128 px, and a squared error, unlike L1, grows its gradient with the
-        error, so the few badly drawn lid pixels outweigh the many slightly blurred ones.
-        """
-        mean, logvar, _ = self._encode(frames)
-        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        recon = self.decode(z, self.reference(portraits))
-        error = (recon - frames).abs()
-        moved = F.avg_pool2d((frames - portraits).abs().mean(1, keepdim=True), 5, stride=1, padding=2)
-        motion_l1 = (error * moved).sum() / (3 * moved.sum()).clamp(min=1e-6)
-        squared = error.pow(2)
-        size = frames.shape[-1]
-        features = torch.maximum(region_cells(size, EYES_REGION), region_cells(size, MOUTH_REGION))  # (S, S)
-        region_mse = (squared * features.to(error)).sum() / (error.shape[0] * 3 * features.sum())
-        l1 = error.mean()
-        mse = squared.mean()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-        total = l1 + mse + motion_l1 + self.cfg.vae_region_weight * region_mse + self.kl_weight * kl
-        out = {"l1": l1, "mse": mse, "motion_l1": motion_l1, "region_mse": region_mse, "kl": kl}
-        if self.cfg.vae_blink_weight > 0 and blink is not None:
-            known = torch.isfinite(blink)
-            error = (self.read_blink(mean) - blink.nan_to_num()).pow(2)
-            out["blink_mse"] = (error * known).sum() / known.sum().clamp(min=1)
-            total = total + self.cfg.vae_blink_weight * out["blink_mse"]
-        return {"total": total, **out}
-
     def decoder_parameters(self) -> list[nn.Parameter]:
         """What maps a latent to pixels; the rest (the encoder) defines the latent space stage 2 learns in."""
         parts = [self.from_latent, self.join, self.up, self.to_flow, self.to_paint]
-        if self.cfg.vae_lid_layer:
+        if self.config.vae_lid_layer:
             parts += [self.to_lid_flow, self.to_lid, self.lid_readout]
         return [p for part in parts for p in part.parameters()]
 

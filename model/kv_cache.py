@@ -1,8 +1,10 @@
-"""The KV cache of Sink Frame Window Attention: S sink blocks plus a ring of W recent frame blocks.
+"""The KV cache of Sink Frame Window Attention: `sinks` sink blocks plus a ring of `window` recent frame blocks.
+
+Shapes: B batch, H heads, D head dim, Pb tokens in one frame block; slots = sinks + window.
 
 Three parts, as in mistral-inference's cache:
-1. storage, allocated once: per layer, keys and values of shape (B, H, (S + W) * Pb, D), where Pb is the
-   number of tokens in one frame block. Memory never grows with video length.
+1. storage, allocated once: per layer, keys and values of shape (B, H, slots * Pb, D). Memory never grows
+   with video length.
 2. per-step metadata, computed once per frame step and shared by every layer (`StepMetadata`): where the
    new block is written, each slot's position, which slots hold something.
 3. a per-layer view (`LayerCache`) handed to attention.
@@ -11,12 +13,12 @@ Keys are stored WITHOUT rotary embedding and rotated each step with positions in
 streaming-llm does), so a video of any length never uses a position the model did not see in training.
 
 Position scheme (blocks are numbered b = 0 for the reference portrait, b = t + 1 for video frame t):
-sinks keep positions 0..S-1; the window's blocks sit right after them in age order, and the query
-block is last. With S = 1 sink and W = 3 window blocks, decoding block b = 10 attends to
-blocks {0} + {8, 9, 10} at positions {0} + {1, 2, 3}; block 11 attends to {0} + {9, 10, 11} at the same
-positions {0} + {1, 2, 3}. While b < S + W, positions equal block numbers, so the first frames see
+sinks keep positions 0..sinks-1; the window's blocks sit right after them in age order, and the query
+block is last. With sinks = 1 and window = 3, decoding block b = 10 attends to blocks {0} + {8, 9, 10}
+at positions {0} + {1, 2, 3}; block 11 attends to {0} + {9, 10, 11} at the same positions
+{0} + {1, 2, 3}. While b < sinks + window, positions equal block numbers, so the first frames see
 exactly what a full pass sees. Distances inside the window equal true frame distances; only the sink's
-distance is clamped to at most S + W - 1.
+distance is clamped to at most sinks + window - 1.
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ class KVCache:
             inside = b >= 0 and b <= block and (b < self.sinks or b >= first)
             valid.append(inside)
             positions.append(b if b < self.sinks else self.sinks + b - first)
-        P = self.block_tokens
-        key_positions = torch.tensor(positions, device=self.device).repeat_interleave(P)  # (slots * Pb,)
-        key_valid = torch.tensor(valid, device=self.device).repeat_interleave(P)  # (slots * Pb,)
+        Pb = self.block_tokens
+        key_positions = torch.tensor(positions, device=self.device).repeat_interleave(Pb)  # (slots * Pb,)
+        key_valid = torch.tensor(valid, device=self.device).repeat_interleave(Pb)  # (slots * Pb,)
         query_position = block if block < self.sinks else self.sinks + block - first
-        return StepMetadata(block, slot * P, query_position, key_positions, key_valid)
+        return StepMetadata(block, slot * Pb, query_position, key_positions, key_valid)

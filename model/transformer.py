@@ -2,11 +2,13 @@
 
 Tokens come in blocks of Pb tokens, one block per frame (block 0: the reference portrait). Inside a
 block attention is bidirectional; across blocks it is causal and limited by the SFA policy: block b
-sees the S sink blocks (b' < S) and the W most recent blocks (b - W < b' <= b). Rotary embeddings
-(RoPE) over block positions carry time; see kv_cache.py for the position scheme that keeps every
-position inside [0, S + W).
+sees the `sinks` first blocks (b' < sinks) and the `window` most recent blocks (b - window < b' <= b).
+Rotary embeddings (RoPE) over block positions carry time; see kv_cache.py for the position scheme that
+keeps every position inside [0, sinks + window).
 
-Two ways through attention, which must agree (tests/model/test_streaming.py):
+Shapes: B batch, T tokens, H heads, D head dim, Pb tokens per block, d_model token width.
+
+Two ways through attention, which must agree (tests/model/test_sfa_attention.py):
 - no cache (`forward_full`): the whole sequence at once under the explicit SFA mask; the reference
   path, also used for teacher-forced training;
 - cached (`forward_cached`): prefill of the reference block, then decode one block per frame against
@@ -51,42 +53,43 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: GeneratorConfig, rotary: Rotary):
+    def __init__(self, config: GeneratorConfig, rotary: Rotary):
         super().__init__()
-        self.cfg, self.rotary = cfg, rotary
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.config, self.rotary = config, rotary
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out = nn.Linear(config.d_model, config.d_model)
 
     def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, d_model) -> queries, keys, values, each (B, H, T, D)."""
         B, T, _ = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.cfg.n_heads, self.cfg.head_dim)  # (B, T, 3, H, D)
+        qkv = self.qkv(x).view(B, T, 3, self.config.n_heads, self.config.head_dim)  # (B, T, 3, H, D)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
         return q, k, v
 
     def merge_heads(self, y: torch.Tensor) -> torch.Tensor:
         B, H, T, D = y.shape
-        return self.out(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, H*D)
+        return self.out(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, d_model)
 
     def forward_full(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
         """No cache: every block at once under the SFA mask (the reference path)."""
-        cfg = self.cfg
+        config = self.config
         Pb = x.shape[1] // num_blocks
         q, k, v = self.split_heads(x)
         blk = torch.arange(num_blocks, device=x.device).repeat_interleave(Pb)  # (T,)
-        n_sink = cfg.sink_frames * Pb  # sink tokens
+        n_sink = config.sink_frames * Pb  # sink tokens
         # window keys: true block positions, so q.k depends on the true frame distance
         qr, kr = self.rotary(q, blk), self.rotary(k, blk)
-        window = sfa_mask(num_blocks, Pb, cfg.sink_frames, cfg.window_frames, x.device)
+        window = sfa_mask(num_blocks, Pb, config.sink_frames, config.window_frames, x.device)
         window[:, :n_sink] = False
         scores_w = qr @ kr.transpose(-1, -2)  # (B, H, T, T)
         # sink keys: the query sees them as if they sat right before its window (kv_cache.py)
-        qs = self.rotary(q, blk - sink_shift(blk, cfg.sink_frames, cfg.window_frames))
+        qs = self.rotary(q, blk - sink_shift(blk, config.sink_frames, config.window_frames))
         ks = self.rotary(k[:, :, :n_sink], blk[:n_sink])
         scores_s = qs @ ks.transpose(-1, -2)  # (B, H, T, n_sink)
         sink_ok = blk[None, :n_sink] <= blk[:, None]  # (T, n_sink)
         scores = torch.cat((scores_s.masked_fill(~sink_ok, float("-inf")),
                             scores_w.masked_fill(~window, float("-inf"))), dim=-1)  # (B, H, T, n_sink + T)
-        attn = torch.softmax(scores * cfg.head_dim**-0.5, dim=-1)
+        attn = torch.softmax(scores * config.head_dim**-0.5, dim=-1)
         y = attn[..., :n_sink] @ v[:, :, :n_sink] + attn[..., n_sink:] @ v  # (B, H, T, D)
         return self.merge_heads(y)
 
@@ -96,19 +99,19 @@ class Attention(nn.Module):
         cache.write(meta, k, v)
         qpos = torch.full((q.shape[2],), meta.query_position, device=x.device)
         qr = self.rotary(q, qpos)
-        kr = self.rotary(cache.keys, meta.key_positions)  # (B, H, slots*Pb, D)
+        kr = self.rotary(cache.keys, meta.key_positions)  # (B, H, slots * Pb, D)
         y = F.scaled_dot_product_attention(qr, kr, cache.values, attn_mask=meta.key_valid[None, None, None, :])
         return self.merge_heads(y)
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: GeneratorConfig, rotary: Rotary):
+    def __init__(self, config: GeneratorConfig, rotary: Rotary):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = Attention(cfg, rotary)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        hidden = int(cfg.d_model * cfg.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, hidden), nn.GELU(), nn.Linear(hidden, cfg.d_model))
+        self.ln1 = nn.LayerNorm(config.d_model)
+        self.attn = Attention(config, rotary)
+        self.ln2 = nn.LayerNorm(config.d_model)
+        hidden = int(config.d_model * config.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(config.d_model, hidden), nn.GELU(), nn.Linear(hidden, config.d_model))
 
     def forward(self, x, num_blocks=None, cache: LayerCache | None = None, meta: StepMetadata | None = None):
         h = self.ln1(x)
@@ -117,27 +120,27 @@ class TransformerBlock(nn.Module):
 
 
 class FrameTransformer(nn.Module):
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, config: GeneratorConfig):
         super().__init__()
-        self.cfg = cfg
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
-        self.layers = nn.ModuleList(TransformerBlock(cfg, self.rotary) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.config = config
+        self.rotary = Rotary(config.head_dim, config.rope_base)
+        self.layers = nn.ModuleList(TransformerBlock(config, self.rotary) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
 
     def forward_full(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        """(B, num_blocks * Pb, D) -> same shape, no cache."""
+        """(B, num_blocks * Pb, d_model) -> same shape, no cache."""
         for layer in self.layers:
             x = layer(x, num_blocks=num_blocks)
         return self.ln_f(x)
 
     def forward_cached(self, x: torch.Tensor, cache: KVCache, block: int) -> torch.Tensor:
-        """(B, Pb, D) tokens of block `block` -> (B, Pb, D), reading and extending the cache."""
+        """(B, Pb, d_model) tokens of block `block` -> (B, Pb, d_model), reading and extending the cache."""
         meta = cache.step(block)  # once per step, shared by all layers
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer(x, cache=layer_cache, meta=meta)
         return self.ln_f(x)
 
     def new_cache(self, batch: int, block_tokens: int, device, dtype) -> KVCache:
-        cfg = self.cfg
-        return KVCache(cfg.n_layers, batch, cfg.n_heads, cfg.head_dim, block_tokens,
-                       cfg.sink_frames, cfg.window_frames, device, dtype)
+        config = self.config
+        return KVCache(config.n_layers, batch, config.n_heads, config.head_dim, block_tokens,
+                       config.sink_frames, config.window_frames, device, dtype)

@@ -6,9 +6,11 @@ Layout under the run's output URI:
     checkpoints/step-00000400/config.json
     checkpoints/step-00000400/trainer.pt           optimizer + scheduler state, torch RNG (torch.save; loaded weights_only)
     checkpoints/step-00000400/trainer.json         {"stage": "vae"|"transformer", "step": 400, ...}
+    checkpoints/step-00000400/loss.json            the loss weights the run trains with (config.LossConfig)
     checkpoints/LATEST                             "step-00000400", written last, so a reader never
                                                    sees a half-written checkpoint as the latest
     final/model.safetensors, final/config.json     the finished model, what load_checkpoint reads
+    final/loss.json                                the loss weights that trained it
 
 Steps count globally across both stages (the VAE's steps first), so one number orders every
 checkpoint of a run. Saving writes into a local temporary folder and uploads it through `storage`; S3
@@ -27,6 +29,7 @@ import torch
 
 import storage
 from storage import StorageOptions
+from training.config import LossConfig
 
 LATEST = "LATEST"
 
@@ -38,6 +41,7 @@ class TrainerState:
     optimizer: dict
     scheduler: dict
     rng: dict
+    loss: dict | None = None  # LossConfig fields the run trains with; None: a checkpoint without them
 
 
 def _fs(uri: str, options: StorageOptions | None):
@@ -65,6 +69,8 @@ def save_training_checkpoint(output_uri: str, generator: torch.nn.Module, state:
         save_checkpoint(generator, local)
         torch.save({"optimizer": state.optimizer, "scheduler": state.scheduler, "rng": state.rng}, local / "trainer.pt")
         (local / "trainer.json").write_text(json.dumps({"stage": state.stage, "step": state.step}) + "\n")
+        if state.loss is not None:
+            LossConfig.from_dict(state.loss).save(local)
         _upload(local, target, options)
     fs, root = _fs(output_uri, options)
     with fs.open(f"{root}/checkpoints/{LATEST}", "w") as f:
@@ -98,17 +104,22 @@ def load_training_checkpoint(uri: str, options: StorageOptions | None = None) ->
         meta = json.loads((local / "trainer.json").read_text())
         # weights_only: tensors and plain containers only, so a tampered file cannot run code on load
         saved = torch.load(local / "trainer.pt", map_location="cpu", weights_only=True)
+        losses = LossConfig.read(local)
     state = TrainerState(stage=meta["stage"], step=int(meta["step"]), optimizer=saved["optimizer"],
-                         scheduler=saved["scheduler"], rng=saved["rng"])
+                         scheduler=saved["scheduler"], rng=saved["rng"],
+                         loss=None if losses is None else losses.to_dict())
     return generator, state
 
 
-def save_final(output_uri: str, generator: torch.nn.Module, options: StorageOptions | None = None) -> str:
+def save_final(output_uri: str, generator: torch.nn.Module, options: StorageOptions | None = None,
+               losses: LossConfig | None = None) -> str:
     from model import save_checkpoint
 
     target = f"{output_uri.rstrip('/')}/final"
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(generator, Path(tmp))
+        if losses is not None:
+            losses.save(Path(tmp))
         _upload(Path(tmp), target, options)
     return target
 

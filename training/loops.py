@@ -1,10 +1,10 @@
 """The two training stages, each driven by a DeepSpeed engine.
 
-Stage 1 trains the frame VAE on frames against their clips' portraits (`FrameVAE.loss(frames,
-portraits)`: the decoder warps the portrait); stage 2 freezes it and trains the rest of the
-generator, the audio encoder and the SFA transformer with FCIC controls, on clips
-(`Generator.training_loss(portrait, frames, audio, fps, controls)`), dropping controls at random so
-that absent controls leave the model free (FCIC's "control dropout").
+Stage 1 trains the frame VAE on frames against their clips' portraits (`losses.vae_loss`: the
+decoder warps the portrait); stage 2 freezes it and trains the rest of the generator, the audio
+encoder and the SFA transformer with FCIC controls, on clips (`losses.transformer_loss`), dropping
+controls at random so that absent controls leave the model free (FCIC's "control dropout"). The loss
+weights are a `config.LossConfig`, saved beside every checkpoint.
 
 DeepSpeed: `deepspeed.initialize` wraps each stage's loss module with the client's AdamW and
 schedule; the ZeRO stage, precision, clipping and micro-batch come from a JSON file in
@@ -13,12 +13,11 @@ bf16/fp16 + ZeRO 1/2 on GPUs, one process per GPU through the `deepspeed` launch
 each rank drawing its own batches). Rank 0 alone writes checkpoints and MLflow records.
 
 Resume: a run restarted with the same output URI continues from checkpoints/LATEST: weights,
-optimizer, schedule and RNG state, at the global step it stopped (checkpointing.py).
+optimizer, schedule, RNG state and loss weights, at the global step it stopped (checkpointing.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -36,55 +35,11 @@ from torch import nn
 
 from training.checkpointing import (TrainerState, copy_checkpoint, latest_checkpoint, load_training_checkpoint,
                                     save_final, save_training_checkpoint)
+from training.config import LossConfig, TrainConfig
+from training.losses import TransformerLoss, VAELoss
 from training.shards import ClipDataset
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DEEPSPEED_CONFIG = REPO_ROOT / "configs" / "train" / "cpu_fp32.json"
-
-
-@dataclass
-class TrainConfig:
-    dataset: str  # a shard folder (shards.py)
-    output: str  # run output URI: local path, file:// or s3://
-    preset: str = "tiny"  # model.get_preset name
-    model_overrides: dict = field(default_factory=dict)  # GeneratorConfig fields replacing the preset's
-    seed: int = 0
-    vae_steps: int = 200  # stage 1 optimizer steps
-    steps: int = 400  # stage 2 optimizer steps
-    vae_batch_frames: int = 16  # frames per VAE micro-batch
-    closed_eye_share: float = 0.0  # stage 1: share of frames drawn from closed-eye frames (BatchSampler.vae_batch)
-    batch_clips: int = 2  # clips per transformer micro-batch
-    clip_frames: int = 24  # frames per training window, cut at random from a data-set clip
-    vae_lr: float = 2e-3  # peak learning rate, stage 1
-    # stage 1 trains the decoder only: the encoder, so the latent space a trained transformer predicts in,
-    # stays as it is (refining an --init-from checkpoint's rendering without retraining stage 2)
-    vae_decoder_only: bool = False
-    lr: float = 1e-3  # peak learning rate, stage 2
-    weight_decay: float = 0.01
-    warmup_steps: int = 20  # linear warm-up, then cosine decay to min_lr_ratio * peak
-    min_lr_ratio: float = 0.1
-    # the model hides each control for a whole clip itself (GeneratorConfig.control_dropout); these add
-    # more, and spans: a control present for part of a clip, as a user's track may be
-    control_dropout: float = 0.0  # probability that a control is absent for a whole clip
-    span_dropout: float = 0.15  # probability that a kept control loses a random span of frames
-    deepspeed_config: str = str(DEFAULT_DEEPSPEED_CONFIG)  # JSON: ZeRO stage, precision, clipping
-    checkpoint_every: int = 100  # global steps between checkpoints
-    log_every: int = 10  # steps between logged metrics
-    resume: bool = True  # continue from output/checkpoints/LATEST when there is one
-    # a fresh run may start from another run's model checkpoint (fine-tuning: its weights, a new optimizer
-    # and schedule); model.checkpoint.init_from_checkpoint says which architecture changes it accepts
-    init_from: str | None = None
-    tracking_uri: str | None = None  # MLflow; None = no tracking
-    experiment: str = "eartalk-train"
-    sample_video: bool = True  # log a rendered sample MP4 to MLflow at the end
-    max_minutes: float | None = None  # stop stage 2 early (and checkpoint) after this wall time
-
-    def __post_init__(self) -> None:
-        assert self.vae_steps >= 0 and self.steps >= 0, "step counts must be >= 0"
-        assert self.batch_clips >= 1 and self.vae_batch_frames >= 1 and self.clip_frames >= 2
-        assert 0.0 <= self.closed_eye_share <= 1.0
-        assert 0.0 <= self.control_dropout <= 1.0 and 0.0 <= self.span_dropout <= 1.0
 
 
 @dataclass
@@ -134,41 +89,6 @@ def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], floa
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-def _loss_dict(out) -> dict[str, torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return {"total": out}
-    if "total" not in out:
-        raise KeyError(f"a training loss must return a tensor or a dict with 'total', got keys {sorted(out)}")
-    return out
-
-
-class VAELoss(nn.Module):
-    """Stage 1's module for the engine: frames and their clips' portraits (B, 3, S, S) -> FrameVAE.loss."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, frames: torch.Tensor, portraits: torch.Tensor, blink: torch.Tensor) -> dict[str, torch.Tensor]:
-        return _loss_dict(self.vae.loss(frames, portraits, blink))
-
-
-class TransformerLoss(nn.Module):
-    """Stage 2's module for the engine: a clip batch (images, or cached latents) -> Generator.training_loss."""
-
-    def __init__(self, generator: nn.Module, fps: float):
-        super().__init__()
-        self.generator = generator
-        self.fps = fps
-
-    def forward(self, audio, controls, portrait=None, frames=None, ref_latent=None, target_latents=None,
-                audio_start=None):
-        latents = None if ref_latent is None else (ref_latent, target_latents)
-        return _loss_dict(self.generator.training_loss(portrait=portrait, frames=frames, audio=audio,
-                                                       fps=self.fps, controls=controls, latents=latents,
-                                                       audio_start=audio_start))
 
 
 def frame_vae_of(generator: nn.Module) -> nn.Module:
@@ -318,7 +238,7 @@ def _to(batch, device: torch.device, dtype: torch.dtype):
 class _Tracker:
     """MLflow from rank 0 only; a no-op without a tracking URI."""
 
-    def __init__(self, config: TrainConfig, rank: int):
+    def __init__(self, config: TrainConfig, rank: int, losses: LossConfig):
         self.active = config.tracking_uri is not None and rank == 0
         self.run_id = None
         if self.active:
@@ -331,6 +251,7 @@ class _Tracker:
             mlflow.set_tags({"eartalk.job": "train", "eartalk.output_uri": config.output,
                              "eartalk.model_version": config.preset})
             mlflow.log_params({k: v for k, v in asdict(config).items() if k != "tracking_uri"})
+            mlflow.log_params({f"loss.{k}": v for k, v in losses.to_dict().items()})
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         if self.active:
@@ -373,7 +294,7 @@ def restore_rng(state: TrainerState, sampler: BatchSampler, rank: int, seed: int
 def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_batch: Callable[[], object],
               first_step: int, last_step: int, peak_lr: float, config: TrainConfig, generator: nn.Module,
               sampler: BatchSampler, tracker: _Tracker, history: dict, resume_state: TrainerState | None,
-              step_offset: int, frames_per_step: int, deadline: float | None) -> int:
+              step_offset: int, frames_per_step: int, deadline: float | None, losses: LossConfig) -> int:
     """Optimise `module` from local step `first_step` to `last_step`; returns the local step reached."""
     import deepspeed
     import torch.distributed as dist
@@ -433,7 +354,7 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
         if rank == 0 and (global_step % config.checkpoint_every == 0 or step == last_step or timed_out):
             state = TrainerState(stage=stage, step=global_step, optimizer=optimizer.state_dict(),
                                  scheduler=scheduler.state_dict(),
-                                 rng={**_capture_rng(), "sampler": sampler.state()})
+                                 rng={**_capture_rng(), "sampler": sampler.state()}, loss=losses.to_dict())
             uri = save_training_checkpoint(config.output, generator, state)
             log.info("checkpoint %s", uri)
         if timed_out:
@@ -444,8 +365,7 @@ def run_stage(stage: str, module: nn.Module, params: list[nn.Parameter], next_ba
 
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) both stages; returns where the final checkpoint went and the loss history."""
-    from model import CONTROL_NAMES, Generator, get_preset
-    from model.config import TRAINING_ONLY_FIELDS
+    from model import CONTROL_NAMES, Generator
 
     init_distributed()
     import torch.distributed as dist
@@ -458,15 +378,18 @@ def train(config: TrainConfig) -> TrainResult:
     if latest is not None:
         generator, resume_state = load_training_checkpoint(latest)
         log.info("resuming from %s (stage %s, global step %d)", latest, resume_state.stage, resume_state.step)
-        # training-only hyperparameters may change on resume; architecture fields may not
+        # the loss weights may change on resume; the architecture may not
         changed = {k: v for k, v in config.model_overrides.items() if getattr(generator.config, k) != v}
-        if set(changed) - TRAINING_ONLY_FIELDS:
-            raise ValueError(f"cannot change {sorted(set(changed) - TRAINING_ONLY_FIELDS)} when resuming {latest}")
         if changed:
-            generator.set_training_fields(**changed)
-            log.info("resumed with changed training hyperparameters %s", changed)
+            raise ValueError(f"cannot change {sorted(changed)} when resuming {latest}")
+        saved = None if resume_state.loss is None else LossConfig.from_dict(resume_state.loss)
+        losses = config.resumed_losses(saved)
+        if saved is not None and losses != saved:
+            log.info("resumed with changed loss weights %s",
+                     {k: v for k, v in losses.to_dict().items() if saved.to_dict()[k] != v})
     else:
-        generator_config = dataclasses.replace(get_preset(config.preset), **config.model_overrides)
+        losses = config.fresh_losses()
+        generator_config = config.model_config()
         if generator_config.image_size != dataset.image_size:
             raise ValueError(f"preset {config.preset!r} renders {generator_config.image_size}px frames but the "
                              f"data set {config.dataset} holds {dataset.image_size}px frames")
@@ -477,8 +400,9 @@ def train(config: TrainConfig) -> TrainResult:
             with tempfile.TemporaryDirectory() as tmp:
                 grown = init_from_checkpoint(generator, copy_checkpoint(config.init_from, Path(tmp) / "init"))
             log.info("initialised from %s%s", config.init_from, f" (grown: {grown})" if grown else "")
+    losses.check_fits(generator.config, f"the model of {latest}" if latest else f"preset {config.preset}")
     sampler = BatchSampler(dataset, config, list(CONTROL_NAMES), rank)
-    tracker = _Tracker(config, rank)
+    tracker = _Tracker(config, rank, losses)
     history: dict[str, list[tuple[int, float]]] = {}
     done = resume_state.step if resume_state else 0
     deadline = None if config.max_minutes is None else time.monotonic() + 60 * config.max_minutes
@@ -492,9 +416,9 @@ def train(config: TrainConfig) -> TrainResult:
             for p in params:
                 p.requires_grad_(True)
             generator.train()
-            reached = run_stage("vae", VAELoss(vae), params, sampler.vae_batch, done,
+            reached = run_stage("vae", VAELoss(vae, losses), params, sampler.vae_batch, done,
                                 config.vae_steps, config.vae_lr, config, generator, sampler, tracker, history,
-                                resume_state, 0, config.vae_batch_frames, None)
+                                resume_state, 0, config.vae_batch_frames, None, losses=losses)
             done = reached
         if done >= config.vae_steps and config.steps > 0:
             for p in generator.parameters():
@@ -506,13 +430,13 @@ def train(config: TrainConfig) -> TrainResult:
             params = [p for p in generator.parameters() if p.requires_grad]
             # a checkpoint from the end of stage 1 carries the random streams stage 2 continues
             state = None if runs_vae_stage else resume_state
-            reached = run_stage("transformer", TransformerLoss(generator, dataset.fps), params, sampler.clip_batch,
-                                done - config.vae_steps, config.steps, config.lr, config, generator, sampler,
-                                tracker, history, state, config.vae_steps, config.batch_clips * config.clip_frames,
-                                deadline)
+            reached = run_stage("transformer", TransformerLoss(generator, dataset.fps, losses), params,
+                                sampler.clip_batch, done - config.vae_steps, config.steps, config.lr, config,
+                                generator, sampler, tracker, history, state, config.vae_steps,
+                                config.batch_clips * config.clip_frames, deadline, losses=losses)
             done = config.vae_steps + reached
         generator.eval()
-        final = save_final(config.output, generator) if rank == 0 else ""
+        final = save_final(config.output, generator, losses=losses) if rank == 0 else ""
         if config.sample_video and tracker.active:
             _log_sample_video(generator, dataset, tracker)
         tracker.close()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model import DEFAULT_CHECKPOINT, CheckpointError, checkpoint_version, get_preset, load_checkpoint, save_checkpoint
-from model.config import TRAINING_ONLY_FIELDS
+from model.config import RETIRED_FIELDS
 from tests.model.conftest import request, small_generator
 
 
@@ -97,8 +97,40 @@ def test_shipped_default_checkpoint_loads_within_budget():
     weights = DEFAULT_CHECKPOINT / "model.safetensors"
     assert weights.stat().st_size <= 25 * 1024 * 1024
     g = load_checkpoint(DEFAULT_CHECKPOINT)
-    training_only = {k: getattr(g.config, k) for k in TRAINING_ONLY_FIELDS}
-    assert g.config == get_preset("tiny", **training_only)  # the architecture is the tiny preset
+    assert g.config == get_preset("tiny")  # the architecture is the tiny preset
+
+
+def test_an_old_checkpoint_whose_config_carries_loss_weights_loads_them_dropped_with_the_same_frames(tmp_path):
+    """Checkpoints written before the loss weights left GeneratorConfig list them in config.json: they are read
+    and dropped, and the weights render exactly as the shipped checkpoint does."""
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(DEFAULT_CHECKPOINT / "model.safetensors", old / "model.safetensors")
+    meta = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
+    assert not set(meta["config"]) & RETIRED_FIELDS, "the shipped config.json describes the model only"
+    weights = {"change_weight": 0.0, "control_dropout": 0.5, "history_noise": 0.1, "mouth_weight": 0.0,
+               "self_forcing": 0.0, "vae_blink_weight": 0.5, "vae_region_weight": 50.0}
+    assert set(weights) == RETIRED_FIELDS
+    meta["config"].update(weights)
+    (old / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    loaded, shipped = load_checkpoint(old), load_checkpoint(DEFAULT_CHECKPOINT)
+    assert loaded.config == shipped.config == get_preset("tiny")
+    assert checkpoint_version(old) == checkpoint_version(DEFAULT_CHECKPOINT)
+    req = request(shipped, 4)
+    assert torch.equal(torch.stack(list(loaded.stream([req]))), torch.stack(list(shipped.stream([req]))))
+    # a field that is neither the model's nor a retired loss weight is still refused
+    meta["config"]["dropout_typo"] = 0.1
+    (old / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"invalid config \(unknown config fields: \['dropout_typo'\]\)"):
+        load_checkpoint(old)
+
+
+def test_a_config_json_with_a_mistyped_field_is_refused_naming_it(saved):
+    meta = json.loads((saved / "config.json").read_text())
+    meta["config"]["d_model"] = "64"
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"invalid config \(d_model must be an int, got '64'\)"):
+        load_checkpoint(saved)
 
 
 def test_fine_tuning_from_a_checkpoint_without_the_level_feature_keeps_its_output(tmp_path):
@@ -176,22 +208,3 @@ def test_fine_tuning_with_the_lid_layer_grown_starts_from_the_same_frames_and_it
     rows_drawn = lid[0, 0, :, S // 2]
     assert (rows_drawn[interior] - shifted[interior]).abs().max() < 1e-3
     assert (rows_drawn[interior] - rows[interior]).abs().max() > 0.4
-
-
-def test_the_blink_readout_loss_needs_the_lid_layer_and_skips_unknown_labels():
-    import dataclasses
-
-    g = small_generator(vae_lid_layer=True, vae_blink_weight=1.0)
-    frames = torch.rand(4, 3, 64, 64)
-    blink = torch.tensor([1.0, 0.0, float("nan"), 0.5])
-    torch.manual_seed(0)
-    out = g.vae.loss(frames, frames, blink)
-    with torch.no_grad():
-        expected = (g.vae.read_blink(g.vae.encode(frames))[[0, 1, 3]] - blink[[0, 1, 3]]).pow(2).mean()
-    assert torch.isfinite(out["total"]) and float(out["blink_mse"]) == pytest.approx(float(expected), rel=1e-5)
-    torch.manual_seed(0)
-    without = g.vae.loss(frames, frames)  # no labels (or weight 0): the reconstruction terms only
-    assert "blink_mse" not in without
-    assert float(out["total"] - without["total"]) == pytest.approx(float(out["blink_mse"]), rel=1e-4)
-    with pytest.raises(AssertionError, match="needs vae_lid_layer"):
-        dataclasses.replace(g.config, vae_lid_layer=False)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from training.checkpointing import latest_checkpoint, load_training_checkpoint
+from training.config import LossConfig
 from training.loops import TrainConfig, load_deepspeed_config, lr_lambda, train
 from training.shards import ClipDataset
 from training.synthetic import SyntheticConfig, build_synthetic_dataset
@@ -83,12 +84,39 @@ def test_a_run_resumed_at_the_stage_boundary_trains_as_one_that_never_stopped(da
 def test_a_resumed_run_trains_with_its_changed_vae_region_weight(dataset, tmp_path):
     output = str(tmp_path / "run")
     train(config_for(dataset, output, vae_steps=4, steps=0))
-    resumed = train(config_for(dataset, output, vae_steps=8, steps=0,
-                               model_overrides=dict(MICRO, vae_region_weight=5.0)))
+    resumed = train(config_for(dataset, output, vae_steps=8, steps=0, loss_overrides=dict(vae_region_weight=5.0)))
     h = {key.split("/")[1]: dict(values) for key, values in resumed.history.items() if key.startswith("vae/")}
     for step in h["total"]:  # the logged total is the sum of its terms, the region's with the new weight
         terms = h["l1"][step] + h["mse"][step] + h["motion_l1"][step] + 5.0 * h["region_mse"][step]
         assert h["total"][step] == pytest.approx(terms + 1e-6 * h["kl"][step], rel=1e-4), step
+
+
+def test_a_resumed_run_keeps_the_loss_weights_it_saved_also_from_a_checkpoint_that_kept_them_in_config_json(
+        dataset, tmp_path):
+    """Loss weights travel in loss.json beside each checkpoint; a checkpoint from before loss.json carries them
+    in config.json's model config, and a resume reads them from there."""
+    from pathlib import Path
+
+    def region_weight_of(run) -> float:  # the weight the logged totals were summed with
+        h = {key.split("/")[1]: dict(values) for key, values in run.history.items() if key.startswith("vae/")}
+        step = max(h["total"])
+        rest = h["l1"][step] + h["mse"][step] + h["motion_l1"][step] + 1e-6 * h["kl"][step]
+        return (h["total"][step] - rest) / h["region_mse"][step]
+
+    for old_style in (False, True):
+        output = str(tmp_path / f"run-{old_style}")
+        train(config_for(dataset, output, vae_steps=4, steps=0, loss_overrides=dict(vae_region_weight=5.0)))
+        checkpoint = Path(latest_checkpoint(output))
+        assert LossConfig.read(checkpoint) == LossConfig(vae_region_weight=5.0)
+        if old_style:
+            (checkpoint / "loss.json").unlink()
+            meta = json.loads((checkpoint / "config.json").read_text())
+            meta["config"].update(LossConfig(vae_region_weight=5.0).to_dict())
+            (checkpoint / "config.json").write_text(json.dumps(meta))
+        _, state = load_training_checkpoint(str(checkpoint))
+        assert state.loss == LossConfig(vae_region_weight=5.0).to_dict()
+        resumed = train(config_for(dataset, output, vae_steps=6, steps=0))  # no loss weights given
+        assert region_weight_of(resumed) == pytest.approx(5.0, rel=1e-3), old_style
 
 
 def test_only_rank_0_continues_its_saved_random_streams_the_others_draw_their_own(dataset):
@@ -177,7 +205,8 @@ def test_control_batches_follow_the_model_order_with_extra_dropout(dataset):
 def test_cached_clip_latents_give_the_same_loss_as_encoding_the_images(dataset):
     from model import CONTROL_NAMES, Generator, GeneratorConfig
 
-    from training.loops import BatchSampler, ClipLatents, TransformerLoss
+    from training.losses import TransformerLoss
+    from training.loops import BatchSampler, ClipLatents
 
     ds = ClipDataset(dataset)
     generator = Generator(GeneratorConfig(**MICRO)).eval()  # eval: no history noise, no control dropout
@@ -218,7 +247,7 @@ def test_a_decoder_only_vae_stage_keeps_the_latent_space_of_the_checkpoint_it_re
 
     base = train(config_for(dataset, str(tmp_path / "base"), steps=2))
     refined = train(config_for(dataset, str(tmp_path / "refined"), vae_steps=4, steps=0, vae_decoder_only=True,
-                               init_from=base.final_checkpoint, model_overrides=dict(MICRO, vae_region_weight=4.0)))
+                               init_from=base.final_checkpoint, loss_overrides=dict(vae_region_weight=4.0)))
     assert refined.steps_done == 4 and "transformer/total" not in refined.history
     assert [v for _, v in refined.history["vae/region_mse"]], "the region term was not logged"
     before, after = load_checkpoint(base.final_checkpoint), load_checkpoint(refined.final_checkpoint)
@@ -230,7 +259,7 @@ def test_a_decoder_only_vae_stage_keeps_the_latent_space_of_the_checkpoint_it_re
     for name, weight in before.state_dict().items():  # and stage 2 did not run
         if not name.startswith("vae."):
             assert torch.equal(weight, after.state_dict()[name]), name
-    assert after.config.vae_region_weight == 4.0
+    assert LossConfig.read(refined.final_checkpoint).vae_region_weight == 4.0  # saved beside the final weights
 
 
 def test_stage_one_draws_the_closed_eye_share_of_its_frames_from_blinks(dataset):
