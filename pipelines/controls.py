@@ -125,3 +125,17 @@ def parse_control_track(data: bytes, name: str, fps: float, num_frames: int) -> 
                 track[inside] = np.interp(t_frames[inside], t_given, v_given)
         tracks[name_] = track
     return tracks
+
+
+def tracks_to_json(tracks: dict[str, np.ndarray]) -> str:
+    """Parsed tracks as the JSON text a row carries between stages (null where a control is absent).
+
+    Each float32 value turns into the double that holds it exactly, so `tracks_from_json` gives back the
+    same values: the track is parsed once, in the asset stage, and rendering and metrics read this text.
+    """
+    return json.dumps({k: [None if np.isnan(v) else float(v) for v in t] for k, t in tracks.items()})
+
+
+def tracks_from_json(text: str) -> dict[str, np.ndarray]:
+    """{control: (num_frames,) float32 with NaN where absent} from `tracks_to_json` text ('' for no track)."""
+    return {k: np.array([np.nan if v is None else v for v in t], np.float32) for k, t in json.loads(text or "{}").items()}

@@ -127,9 +127,9 @@ def previous_results(rows, config: RenderConfig, run_id: str, options) -> dict[s
     for r in rows:
         state = state_uri(config.output_uri, run_id, r.id)
         if storage.exists(state, options) and storage.exists(video_uri(config.output_uri, r.id), options):
-            record = json.loads(storage.read_bytes(state, options))
-            if record.get("status") == "ok":
-                done[r.id] = record
+            saved = json.loads(storage.read_bytes(state, options))
+            if saved.get("status") == "ok":
+                done[r.id] = saved
     return done
 
 

@@ -18,11 +18,13 @@ import numpy as np
 import pandas as pd
 
 import storage
-from .controls import ControlTrackError, parse_control_track
+from .controls import ControlTrackError, parse_control_track, tracks_from_json, tracks_to_json
 
-STATE_DIR = "state"  # <output>/state/<run_id>/<id>.json: a row's result, written once its video is published
+STATE_DIR = "state"  # <output>/state/<run_id>/<id>.json: a row's final result, written by the last stage
 VIDEO_DIR = "videos"  # <output>/videos/<id>.mp4
-HEAVY_COLUMNS = ("portrait_rgb", "audio_pcm", "controls_json")
+HEAVY_COLUMNS = ("portrait_rgb", "audio_pcm", "controls_json")  # stage inputs, never part of a row's record
+# what the render actor drops once consumed; controls_json (a few floats per frame) goes on to the metrics
+RENDER_INPUT_COLUMNS = ("portrait_rgb", "audio_pcm")
 
 
 def video_uri(output_uri: str, row_id: str) -> str:
@@ -57,12 +59,11 @@ def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions) 
             stage = "audio"
             audio = load_audio(storage.fetch(row["audio"], Path(tmp), options))
             num_frames = num_frames_for(audio.size, row["fps"])
-            controls = {}
+            tracks = {}
             if row.get("controls"):
                 stage = "controls"
                 data = storage.read_bytes(row["controls"], options)
                 tracks = parse_control_track(data, row["controls"], row["fps"], num_frames)
-                controls = {k: [None if np.isnan(v) else float(v) for v in t] for k, t in tracks.items()}
     except FileNotFoundError as e:
         out.update(status="failed", error=short_error(stage, row, f"file not found: {e}"))
     except NoFaceError as e:
@@ -74,7 +75,7 @@ def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions) 
         traceback.print_exc()
     else:
         out.update(portrait_rgb=aligned.image.tobytes(), audio_pcm=audio.astype(np.float32).tobytes(),
-                   controls_json=json.dumps(controls), num_frames=num_frames)
+                   controls_json=tracks_to_json(tracks), num_frames=num_frames)
     out["load_s"] = time.perf_counter() - start
     return out
 
@@ -110,7 +111,7 @@ class RenderActor:
         if pending:
             self.render(pending)
         for r in rows:
-            for c in HEAVY_COLUMNS:
+            for c in RENDER_INPUT_COLUMNS:
                 r.pop(c, None)
         return pd.DataFrame(rows)
 
@@ -139,8 +140,7 @@ class RenderActor:
             for r in rows:
                 portrait = np.frombuffer(r["portrait_rgb"], np.uint8).reshape(self.size, self.size, 3)
                 audio = np.frombuffer(r["audio_pcm"], np.float32)
-                controls = {k: torch.tensor([np.nan if v is None else v for v in t], dtype=torch.float32)
-                            for k, t in json.loads(r["controls_json"] or "{}").items()}
+                controls = {k: torch.from_numpy(t) for k, t in tracks_from_json(r["controls_json"]).items()}
                 requests.append(RenderRequest(images_to_tensor(portrait),
                                               torch.from_numpy(audio.copy()), float(r["fps"]), controls or None, int(r["seed"])))
                 paths.append(self.workdir / f"{r['id']}.mp4")
@@ -175,7 +175,7 @@ class RenderActor:
                 p.unlink(missing_ok=True)
 
     def publish(self, r: dict, local: Path, render_s: float, encode_s: float) -> None:
-        """Upload the finished MP4, then record the row's result (both to deterministic keys: retries overwrite)."""
+        """Upload the finished MP4 (to a deterministic key: retries overwrite) and fill in the row's result."""
         t0 = time.perf_counter()
         uri = video_uri(self.output_uri, r["id"])
         storage.publish_file(local, uri, self.options)
@@ -183,8 +183,6 @@ class RenderActor:
                  duration_s=r["num_frames"] / float(r["fps"]), width=self.size, height=self.size,
                  render_s=render_s, encode_s=encode_s, upload_s=time.perf_counter() - t0,
                  model_version=self.model_version, run_id=self.run_id, engine=self.report.engine)
-        record = {k: v for k, v in r.items() if k not in HEAVY_COLUMNS}
-        storage.publish_bytes(json.dumps(record, default=str).encode(), state_uri(self.output_uri, self.run_id, r["id"]), self.options)
 
 
 # ---------------------------------------------------------------- stage 3: metrics (CPU tasks)
@@ -202,16 +200,27 @@ def measure(row: dict, *, options: storage.StorageOptions) -> dict:
             video = storage.fetch(row["output_uri"], Path(tmp), options)
             portrait = storage.fetch(row["portrait"], Path(tmp), options)
             reference = storage.fetch(row["reference_video"], Path(tmp), options) if row.get("reference_video") else None
-            controls = None
-            if row.get("controls"):
-                tracks = parse_control_track(storage.read_bytes(row["controls"], options), row["controls"],
-                                             row["fps"], row["num_frames"])
-                controls = tracks or None
+            # the track as the asset stage parsed it: read and parsed once per row
+            controls = tracks_from_json(row.get("controls_json", "")) or None
             values = compute_video_metrics(video, None, portrait, reference, controls)
         row = {**row, **values, "metrics_error": ""}
     except Exception as e:  # a metric failure never fails the render: the row stays ok, the metrics null
         row = {**row, "metrics_error": short_error("metrics", row, f"{type(e).__name__}: {e}")}
     row["metrics_s"] = time.perf_counter() - start
-    # the row's published result now carries its metrics too
-    storage.publish_bytes(json.dumps(row, default=str).encode(), state_uri(row["output_root"], row["run_id"], row["id"]), options)
     return row
+
+
+# ---------------------------------------------------------------- stage 4: record (CPU tasks)
+
+
+def record(row: dict, *, options: storage.StorageOptions) -> dict:
+    """Publish an ok row's state record and drop the stage inputs it still carries.
+
+    The last stage, so the record is written once, with the row's final result (metrics included): a
+    state record means the video is published and the row is done, which is what a resumed run skips.
+    """
+    result = {k: v for k, v in row.items() if k not in HEAVY_COLUMNS}
+    if result["status"] == "ok":
+        uri = state_uri(result["output_root"], result["run_id"], result["id"])
+        storage.publish_bytes(json.dumps(result, default=str).encode(), uri, options)
+    return result

@@ -12,7 +12,7 @@ import pytest
 
 from model import checkpoint_version
 import storage
-from pipelines.stages import RenderActor, load_assets
+from pipelines.stages import RenderActor, load_assets, record, state_uri
 from tests.pipelines.helpers import short_speech
 
 
@@ -93,3 +93,21 @@ def test_an_unexpected_error_while_loading_fails_just_that_row(monkeypatch, astr
     out = load_assets(manifest_row(4, "e", astronaut_png, speech_wav), image_size=128, options=storage.StorageOptions())
     assert out["status"] == "failed"
     assert out["error"] == "row 4 (id 'e'), audio: RuntimeError: decoder exploded"
+
+
+def test_the_state_record_is_published_once_by_the_last_stage(tmp_path, random_tiny_checkpoint, loaded):
+    """A state record tells a resumed run that a row is done, so it holds the row's final result: the
+    render actor publishes the video only, and the record stage writes the record, without stage inputs."""
+    out = tmp_path / "out"
+    actor = RenderActor(str(random_tiny_checkpoint), str(out), "run", storage.StorageOptions(), device="cpu")
+    rows = [{**r, "output_root": str(out)} for r in loaded[:2]]
+    rows[1]["controls_json"] = json.dumps({"smile": [0.5] * rows[1]["num_frames"]})  # unknown: fails to render
+    rendered = actor(pd.DataFrame(rows)).to_dict("records")
+    assert [r["status"] for r in rendered] == ["ok", "failed"]
+    assert not (out / "state").exists() and (out / "videos" / "a.mp4").is_file()
+    results = [record(r, options=storage.StorageOptions()) for r in rendered]
+    assert not any(c in r for r in results for c in ("portrait_rgb", "audio_pcm", "controls_json"))
+    assert sorted(p.name for p in (out / "state" / "run").iterdir()) == ["a.json"]  # failed rows get none
+    saved = json.loads(Path(state_uri(str(out), "run", "a")).read_text())
+    assert saved["status"] == "ok" and saved["output_uri"] == results[0]["output_uri"]
+    assert saved["frames"] == results[0]["frames"] == rows[0]["num_frames"]
