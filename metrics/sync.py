@@ -1,65 +1,72 @@
-"""Audio-visual sync from dlib landmarks and log-mel band energies, without learned weights.
+"""Audio-visual sync: mouth motion predicted from the speech, correlated with the mouth motion seen, over lags.
 
 Offset sign: `offset_frames > 0` means the audio lags the video (the sound comes after the mouth moves);
 delaying a video's audio by k frames moves the offset by +k.
 
-Method (validated on the real talking clip in ../shared/media, see tests/metrics/test_sync.py):
-1. Visual track: jaw opening per frame, |chin (8) - nose base (33)| over the inter-ocular distance, so
-   head scale and distance drop out. Frames without a face are interpolated.
-2. Audio tracks at the video frame rate: log energy in a few mel bands of the speech range (one 64 ms
-   FFT window centred on each video frame).
-3. Both tracks are band-passed to syllable rates (1-6 Hz and 2-8 Hz): the level of mouth opening
-   (pauses with an open mouth, slow posture changes) says little; its syllable-rate modulation does.
-4. Voice-activity gating: only frames whose (lagged) audio is voiced enter the correlation, so silences
-   and breaths do not dominate.
-5. Pearson correlation over lags -15..15 frames, averaged over the band/filter combinations; the peak is
-   the raw lag. Mouth movements naturally lead the voice by 100-300 ms (Chandrasekaran et al. 2009,
-   "The natural statistics of audiovisual speech"), so the raw lag of an in-sync recording is positive;
-   `NATURAL_LEAD_S` (0.12 s, measured on the one real clip at hand, inside the published range) is
-   subtracted so that an in-sync video reads 0. This is a calibration like SyncNet's own definition of
-   zero, not a per-video fit.
-6. Confidence: peak correlation x (peak - the highest correlation outside +-3 frames of the peak): the
-   audio must both explain the mouth (a high peak) and single out one lag (a distinct peak). A naive
-   "peak minus median" gives unrelated speech ~0.8x the in-sync score on 8 s clips, "peak minus
-   runner-up" ~0.56x, because syllable-rate signals of any two speakers correlate by chance at some
-   lag; the product gives <= 0.45x on the five unrelated speech clips here (a thin margin, measured on
-   one real video: treat single-video confidences as noisy, run averages as meaningful).
+Method (chosen and validated on the whole real corpus, ../shared/media/corpus, 19 speakers; docs/sync.md
+has the figures and benchmarks/sync_validation.py reproduces them):
+1. Seen: five mouth tracks per frame (inner/outer lip gap, mouth width, jaw opening from dlib landmarks
+   over the inter-ocular distance; mouth-crop pixel motion from grey crops in the face's frame),
+   high-passed at 0.5 Hz and z-scored per clip. Frames without a face are interpolated.
+2. Predicted: the same five tracks from the speech by a ridge regressor on a +-240 ms log-mel window
+   (metrics/sync_model.py, fitted on the corpus; held-out-speaker figures in the docs). Predicting the
+   mouth from the spectrum uses what the voice says about the lips (vowel openness, closures), which one
+   band's energy does not: the old energy-vs-jaw correlation recovered shifts but read unrelated speech
+   nearly as confidently as the right one.
+3. Lag curve: for each lag within +-max_lag frames (at most +-max_lag_s), the mean Pearson correlation
+   over the tracks between the seen tracks and the prediction from the audio moved by that lag. The peak
+   is the offset. The regressor's window reaches both ways, so the natural lead of mouth over voice is
+   part of the fit: an in-sync video peaks at 0 with no separate constant.
+4. Confidence: the peak's z-score against the same correlation at circular shifts of the prediction
+   beyond the searched lags (the clip's own null: what this mouth correlates with speech it does not
+   follow). ~0-2.5 for unrelated speech (the maximum of the searched lags of a null curve), higher the
+   more clearly the audio drives the mouth.
 
-Limits: needs >= 2 s with a face on at least half the frames and >= ~2.2 fps (below ~4.4 fps only the
-1-6 Hz filter fits under the frame rate's Nyquist); the natural lead was calibrated on one clip; offsets
-beyond +-15 frames are not searched.
+Limits: needs >= 2 s with a face on at least half the frames, >= 4 fps, and enough frames for a null
+beyond the lag search; the mouth-motion track needs the frames (or crops), without them four tracks
+vote; offsets beyond the lag search are not found.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.signal
 
-NATURAL_LEAD_S = 0.12  # s, mouth-before-voice lead of in-sync speech (see the module docstring)
+from . import sync_model
 
 
 @dataclass
 class SyncConfig:
-    max_lag: int = 15  # frames searched either way
-    mel_bands: int = 20  # over fmin..fmax
-    fmin_hz: float = 80.0
-    fmax_hz: float = 7600.0
-    band_ranges: tuple[tuple[int, int], ...] = ((6, 16), (3, 12), (8, 20))  # mel-band index ranges summed
-    syllable_filters_hz: tuple[tuple[float, float], ...] = ((1.0, 6.0), (2.0, 8.0))
-    fft_size: int = 1024  # samples at 16 kHz = 64 ms
-    voiced_fraction: float = 0.3  # voiced: energy above p20 + this x (p95 - p20)
-    peak_exclusion: int = 3  # frames either side of the peak ignored for the runner-up
+    max_lag: int = 15  # frames searched either way ...
+    max_lag_s: float = 0.7  # ... and at most this many seconds (low frame rates)
+    min_seconds: float = 2.0  # shorter videos are not measured
+    min_face_fraction: float = 0.5  # share of frames with a face
+    min_fps: float = 4.0  # below this a syllable (~4-5 per second) falls between frames
+    null_margin: int = 4  # frames between the searched lags and the null's circular shifts
+    min_null_shifts: int = 8  # fewer circular shifts than this: no null, not measured
+
+    def __post_init__(self):
+        if self.max_lag < 1:
+            raise ValueError(f"max_lag must be >= 1, got {self.max_lag}")
+        if self.max_lag_s <= 0 or self.min_seconds <= 0 or self.min_fps <= 0:
+            raise ValueError(f"max_lag_s, min_seconds and min_fps must be > 0, got {self.max_lag_s}, "
+                             f"{self.min_seconds}, {self.min_fps}")
+        if not 0 < self.min_face_fraction <= 1:
+            raise ValueError(f"min_face_fraction must be in (0, 1], got {self.min_face_fraction}")
 
 
 @dataclass
 class SyncResult:
     offset_frames: float  # > 0: audio lags video
-    confidence: float  # peak x (peak - runner-up) correlation; ~0 for unrelated audio
+    confidence: float  # peak z-score against the clip's circular-shift null; ~0-2.5 for unrelated audio
     lags: np.ndarray = field(repr=False)  # (L,) frames
     curve: np.ndarray = field(repr=False)  # (L,) mean correlation per lag
-    raw_lag: int = 0  # the curve's peak before removing the natural lead
+    raw_lag: int = 0  # the curve's peak (the model absorbs the natural lead, so this equals the offset)
+    peak_correlation: float = float("nan")  # the curve's value at the peak
+    null_mean: float = float("nan")  # mean and std of the circular-shift correlations
+    null_std: float = float("nan")
 
 
 def mel_filterbank(n_fft: int, sample_rate: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
@@ -75,10 +82,11 @@ def mel_filterbank(n_fft: int, sample_rate: int, n_mels: int, fmin: float, fmax:
     return bank
 
 
-def frame_mel_energies(audio: np.ndarray, sample_rate: int, fps: float, num_frames: int,
-                       config: SyncConfig = SyncConfig()) -> np.ndarray:
-    """(F, mel_bands) mel power per video frame, one FFT window centred on each frame's interval."""
-    n_fft = config.fft_size * sample_rate // 16000
+def frame_mel_energies(audio: np.ndarray, sample_rate: int, fps: float, num_frames: int, mel_bands: int = 20,
+                       fft_size: int = 1024) -> np.ndarray:
+    """(F, mel_bands) mel power per video frame, one FFT window (fft_size samples at 16 kHz) centred on each
+    frame's interval; frames past the audio's end read silence."""
+    n_fft = fft_size * sample_rate // 16000
     hop = sample_rate / fps
     centres = (np.arange(num_frames) * hop + hop / 2).astype(np.int64)
     # frames past the audio's end (a rendered video can outrun its speech by a frame) read silence
@@ -86,74 +94,60 @@ def frame_mel_energies(audio: np.ndarray, sample_rate: int, fps: float, num_fram
     padded = np.pad(audio.astype(np.float64), (n_fft // 2, right))
     windows = padded[centres[:, None] + np.arange(n_fft)[None, :]]  # (F, n_fft): centre at index n_fft//2
     power = np.abs(np.fft.rfft(windows * np.hanning(n_fft), axis=1)) ** 2
-    return power @ mel_filterbank(n_fft, sample_rate, config.mel_bands, config.fmin_hz, config.fmax_hz).T
+    return power @ mel_filterbank(n_fft, sample_rate, mel_bands, 80.0, 7600.0).T
 
 
-def jaw_opening(landmarks: np.ndarray) -> np.ndarray:
-    """(F,) chin-to-nose-base distance over inter-ocular distance; NaN rows stay NaN."""
-    iod = np.linalg.norm(landmarks[:, 36:42].mean(1) - landmarks[:, 42:48].mean(1), axis=1)
-    return np.linalg.norm(landmarks[:, 8] - landmarks[:, 33], axis=1) / np.maximum(iod, 1e-6)
-
-
-def _bandpass(x: np.ndarray, lo_hz: float, hi_hz: float, fps: float) -> np.ndarray:
-    b, a = scipy.signal.butter(2, [lo_hz / (fps / 2), hi_hz / (fps / 2)], "band")
-    return scipy.signal.filtfilt(b, a, x - x.mean(), padlen=min(3 * max(len(a), len(b)), len(x) - 1))
-
-
-def _fill_missing(x: np.ndarray) -> np.ndarray:
-    ok = np.isfinite(x)
-    if ok.all():
-        return x
-    idx = np.arange(len(x))
-    return np.interp(idx, idx[ok], x[ok])
-
-
-def _lagged_corr(visual: np.ndarray, audio: np.ndarray, voiced: np.ndarray, lag: int) -> float:
-    n = len(visual)
-    if abs(lag) >= n:  # no overlap (short low-fps videos); slicing would wrap around
-        return np.nan
-    if lag >= 0:  # audio at t + lag pairs with the video at t: audio lags by `lag`
-        v, a, g = visual[:n - lag], audio[lag:], voiced[lag:]
-    else:
-        v, a, g = visual[-lag:], audio[:n + lag], voiced[:n + lag]
-    v, a = v[g], a[g]
-    if len(v) < 10 or v.std() < 1e-9 or a.std() < 1e-9:
-        return np.nan
-    return float(np.corrcoef(v, a)[0, 1])
+def _column_corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over columns of the Pearson correlation of (F, C) a and b."""
+    a, b = sync_model.standardise(a), sync_model.standardise(b)
+    return float((a * b).mean(axis=0).mean())
 
 
 def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float,
-                 config: SyncConfig = SyncConfig()) -> SyncResult | None:
-    """Sync of `landmarks` (F, 68, 2; NaN rows where no face) with `audio`; None when not measurable
-    (fewer than 2 s of frames, under half the frames with a face, silent audio, or a frame rate too low
-    for every syllable-rate filter)."""
+                 config: SyncConfig = SyncConfig(), frames: np.ndarray | None = None, crops: np.ndarray | None = None,
+                 model: sync_model.SyncModel | None = None) -> SyncResult | None:
+    """Sync of `landmarks` (F, 68, 2; NaN rows where no face) with `audio`; None when not measurable (under
+    min_seconds of frames, under min_face_fraction with a face, silent audio, under min_fps, or too few
+    frames for a null beyond the lag search).
+
+    `frames` (F, H, W, 3) RGB in the landmarks' pixel scale, or ready `crops` (F, h, w) grey mouth crops
+    (metrics.sync_features), add the mouth-motion track; `model` defaults to the shipped regressor.
+    """
     num_frames = len(landmarks)
     face = np.isfinite(landmarks).all(axis=(1, 2))
-    if num_frames < 2 * fps or face.mean() < 0.5 or audio is None or not np.any(audio):
+    if (audio is None or not np.any(audio) or fps < config.min_fps or num_frames < config.min_seconds * fps
+            or face.mean() < config.min_face_fraction):
         return None
-    # each filter capped below the frame rate's Nyquist; under ~4.4 fps the 2-8 Hz one is empty, under ~2.2 all
-    filters = [(lo, min(hi, 0.45 * fps)) for lo, hi in config.syllable_filters_hz]
-    filters = [(lo, hi) for lo, hi in filters if hi > lo]
-    if not filters:
+    max_lag = min(config.max_lag, math.ceil(config.max_lag_s * fps))
+    null_shifts = [s for s in range(num_frames) if min(s, num_frames - s) >= max_lag + config.null_margin]
+    if len(null_shifts) < config.min_null_shifts:
         return None
-    jaw = _fill_missing(jaw_opening(landmarks))
-    mel = frame_mel_energies(audio, sample_rate, fps, num_frames, config)
-    energy = np.log(mel.sum(1) + 1e-10)
-    p20, p95 = np.percentile(energy, [20, 95])
-    voiced = energy > p20 + config.voiced_fraction * (p95 - p20)
-    lags = np.arange(-config.max_lag, config.max_lag + 1)
-    curves = []
-    for lo, hi in config.band_ranges:
-        band = np.log(mel[:, lo:hi].sum(1) + 1e-10)
-        for f_lo, f_hi in filters:
-            v, a = _bandpass(jaw, f_lo, f_hi, fps), _bandpass(band, f_lo, f_hi, fps)
-            curves.append([_lagged_corr(v, a, voiced, int(lag)) for lag in lags])
-    curve = np.nanmean(np.array(curves, dtype=np.float64), axis=0)
-    if not np.isfinite(curve).any():
+    model = model or sync_model.shipped()
+    if crops is None and frames is not None:
+        from .sync_features import mouth_crops
+
+        crops = mouth_crops(frames, landmarks)
+    seen = sync_model.visual_targets(landmarks, crops, fps, model.config.highpass_hz)
+    usable = np.isfinite(seen).all(axis=0)
+    if not usable.any():
         return None
-    peak = int(np.nanargmax(curve))
-    far = np.r_[curve[:max(0, peak - config.peak_exclusion)], curve[peak + config.peak_exclusion + 1:]]
-    runner_up = np.nanmax(far) if np.isfinite(far).any() else np.nanmin(curve)
-    raw_lag = int(lags[peak])
-    return SyncResult(offset_frames=float(raw_lag - round(NATURAL_LEAD_S * fps)), confidence=float(curve[peak] * (curve[peak] - runner_up)),
-                      lags=lags, curve=curve, raw_lag=raw_lag)
+    seen = seen[:, usable]
+    logmel = sync_model.log_mel(audio, sample_rate, model.config)
+    predicted = model.predict(logmel, fps, -max_lag, num_frames + 2 * max_lag)[:, usable]  # frames -max_lag .. F+max_lag
+    predicted = sync_model.highpass(predicted, fps, model.config.highpass_hz)
+    lags = np.arange(-max_lag, max_lag + 1)
+    # lag L pairs the mouth at frame t with the audio at t + L: audio that lags by L frames peaks there
+    curve = np.array([_column_corr(seen, predicted[max_lag + lag:max_lag + lag + num_frames]) for lag in lags])
+    at_zero = predicted[max_lag:max_lag + num_frames]
+    circular = np.array([_column_corr(seen, np.roll(at_zero, s, axis=0)) for s in range(num_frames)])
+    null = circular[null_shifts]
+    if not np.isfinite(curve).all() or not np.isfinite(null).all():
+        return None
+    peak = int(np.argmax(curve))
+    null_mean, null_std = float(null.mean()), float(null.std()) + 1e-9
+    # what chance picks as a peak: the maximum of each run of len(lags) consecutive null shifts
+    starts = [s for s in null_shifts if s + len(lags) - 1 <= null_shifts[-1] and s + len(lags) - 1 in null_shifts]
+    chance = np.mean([circular[s:s + len(lags)].max() for s in starts]) if starts else null.max()
+    return SyncResult(offset_frames=float(lags[peak]), confidence=float((curve[peak] - chance) / null_std),
+                      lags=lags, curve=curve, raw_lag=int(lags[peak]), peak_correlation=float(curve[peak]),
+                      null_mean=null_mean, null_std=null_std)

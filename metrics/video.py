@@ -193,7 +193,7 @@ def compute_video_metrics(video_path: str | Path, audio_path: str | Path | None 
     result["face_detected_ratio"] = float(face.mean())
     result["metrics_frames"] = int(len(frames))
 
-    sync = measure_sync(landmarks, audio, clip.sample_rate, clip.fps, SyncConfig()) if audio is not None else None
+    sync = measure_sync(landmarks, audio, clip.sample_rate, clip.fps, SyncConfig(), frames=frames) if audio is not None else None
     if sync is not None:
         result["sync_offset_frames"], result["sync_confidence"] = sync.offset_frames, sync.confidence
 
