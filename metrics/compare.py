@@ -14,7 +14,6 @@ machine was, so a loaded night would otherwise read as a worse model.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .aggregate import aggregate_metrics, metric_name
+from .plots import histogram_png
 from .schema import METRIC_COLUMNS, REPORT_METRIC, TIMING_COLUMNS, direction, read_results, worst_rows
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -34,6 +34,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 RELATIVE_DEFAULT = 0.10
 WORST_COLUMNS = ("id", "status", "error", "output_uri")  # shown for each worst row, beside the ranking metric
 TIMING_TABLE_COLUMNS = ["metric", "baseline", "current", "delta"]  # seconds
+DISTRIBUTION_PANEL_INCHES = (4.0, 3.0)  # width, height of one metric's histogram
 TAG_KEYS = ("eartalk.tag", "eartalk.baseline")  # a baseline may be named by one of these tags' values
 
 
@@ -180,31 +181,11 @@ def markdown_report(comparison: Comparison) -> str:
 
 
 def distributions_png(comparison: Comparison, max_metrics: int = 12) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Baseline and current values of each compared per-video metric, 'ok' rows only."""
     metrics = [m for m in comparison.table["metric"] if m in METRIC_COLUMNS][:max_metrics] or ["(none)"]
-    cols = min(4, len(metrics))
-    rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, metric in zip(axes.flat, metrics):
-        for frame, label in ((comparison.baseline, "baseline"), (comparison.current, "current")):
-            if metric in frame:
-                ok = frame[frame["status"] == "ok"] if "status" in frame else frame
-                values = pd.to_numeric(ok[metric], errors="coerce").dropna()
-                if len(values):
-                    ax.hist(values, bins=20, alpha=0.5, label=label)
-        ax.set_title(metric, fontsize=9)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
+    groups = {label: frame[frame["status"] == "ok"] if "status" in frame else frame
+              for label, frame in (("baseline", comparison.baseline), ("current", comparison.current))}
+    return histogram_png(groups, metrics, DISTRIBUTION_PANEL_INCHES, bins=20)
 
 
 def log_report(comparison: Comparison, tracking_uri: str | None = None) -> str:

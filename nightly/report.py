@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import posixpath
 import tempfile
@@ -19,15 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-import storage  # noqa: E402
-from metrics.schema import METRIC_COLUMNS, REPORT_METRIC, direction, worst_rows  # noqa: E402
+import storage
+from metrics.plots import histogram_png
+from metrics.schema import METRIC_COLUMNS, REPORT_METRIC, direction, worst_rows
 
 MAX_PLOTTED_METRICS = 12
 PANEL_INCHES = (3.2, 2.2)  # width, height of one histogram
@@ -62,31 +58,15 @@ def report_metric(metric_columns: list[str]) -> str | None:
     return REPORT_METRIC if REPORT_METRIC in metric_columns else (metric_columns[0] if metric_columns else None)
 
 
-def _png_data_uri(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def histograms(results: pd.DataFrame, metrics: list[str]) -> str | None:
+    """One panel per metric, one series per language, as a PNG data URI; None without metrics."""
     metrics = metrics[:MAX_PLOTTED_METRICS]
     if not metrics:
         return None
-    columns = min(4, len(metrics))
-    rows = math.ceil(len(metrics) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows),
-                                squeeze=False)
-    for ax, metric in zip(axes.flat, metrics):
-        for language, part in results.groupby(results.get("language", pd.Series("all", index=results.index))):
-            ax.hist(part[metric].dropna(), bins=10, alpha=0.6, label=str(language))
-        ax.set_title(metric, fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    figure.tight_layout()
-    return _png_data_uri(figure)
+    language = results.get("language", pd.Series("all", index=results.index))
+    groups = {str(name): part for name, part in results.groupby(language)}
+    png = histogram_png(groups, metrics, PANEL_INCHES, bins=10)
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 def _table(frame: pd.DataFrame) -> str:
