@@ -41,7 +41,7 @@ def test_compare_exits_0_when_equal_and_1_on_a_regression_and_logs_a_report(tmp_
     baseline = make_run(tmp_path, mlflow_tracking_uri, "base", 0.20, 0.40, tag="golden")
     same = make_run(tmp_path, mlflow_tracking_uri, "same", 0.20, 0.40)
     worse = make_run(tmp_path, mlflow_tracking_uri, "worse", 0.05, 0.55)
-    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_tracking_uri)  # as the nightly runner calls it
+    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_tracking_uri)  # MLflow's own variable, with no --tracking-uri
     ok = subprocess.run([sys.executable, "-m", "jobs.cli", "compare", same, "--baseline", "golden"],
                         capture_output=True, text=True, env=env, timeout=300)
     assert ok.returncode == 0, ok.stderr
