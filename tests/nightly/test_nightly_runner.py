@@ -101,3 +101,18 @@ def test_pairs_the_catalog_cannot_render_fail_alone_and_the_rest_renders(tmp_pat
     assert "obama: control track 'ja' has no audio track" in ledger.loc["obama/ja", "error"]
     night = pd.read_parquet(outcome.results_uri).set_index("id")
     assert sorted(night["status"]) == ["failed"] * 3 + ["ok"] * 2
+
+
+def test_a_baseline_that_names_no_run_exits_2_naming_it_after_the_night_is_recorded(tmp_path, shared_media,
+                                                                                   mlflow_tracking_uri, capsys):
+    from jobs.nightly_dubbing import main
+
+    config = crashed_night(tmp_path, shared_media)
+    code = main(["--catalog", config.catalog_uri, "--output", config.output_uri, "--date", NIGHT,
+                 "--tracking-uri", mlflow_tracking_uri, "--baseline", "no-such-run"])
+    assert code == 2
+    assert "no-such-run: no MLflow run" in capsys.readouterr().err
+    assert Ledger.load(config.ledger_uri).table["status"].tolist() == ["ok", "ok"]
+    client = mlflow.MlflowClient(mlflow_tracking_uri)
+    [night] = client.search_runs([tracking.experiment_id(client)], tracking.nightly_filter(tracking.SCOPE_NIGHT))
+    assert night.info.status == "FAILED"
