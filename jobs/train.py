@@ -1,6 +1,6 @@
 """`eartalk train`: build (or read) a training data set and train the generator's two stages.
 
-A local CPU run (the shipped `tiny` checkpoint's exact commands are in README, section training):
+A local CPU run (the shipped `tiny` checkpoint's exact commands are in docs/model-card-tiny.md):
 
     eartalk train --dataset synthetic --preset tiny --output out/train-tiny --seed 0 \\
         --vae-steps 320 --steps 900 --tracking-uri sqlite:///out/mlflow.db --install out/tiny
