@@ -35,84 +35,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metrics import sync_model  # noqa: E402
-from metrics.sync import measure_sync  # noqa: E402
-from metrics.sync_model import SyncModel  # noqa: E402
-from metrics.sync_corpus import SAMPLE_RATE, ClipInputs, load_clip  # noqa: E402
+from metrics.sync_corpus import load_clip  # noqa: E402
+from metrics.sync_validation import MISMATCHES, SHIFTS, held_out_models, validate  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "media" / "corpus"
 CACHE = Path(__file__).resolve().parents[1] / "out" / "sync_cache"
-SHIFTS = (-10, -6, -3, 0, 3, 6, 10)  # frames the audio is delayed by
-MISMATCHES = 3  # other clips' audio tried against each clip
-
-
-def delayed(audio: np.ndarray, frames: int, fps: float) -> np.ndarray:
-    """The audio delayed by `frames` video frames (negative: advanced), same length, silence padded."""
-    shift = int(round(frames * SAMPLE_RATE / fps))
-    if shift >= 0:
-        return np.concatenate([np.zeros(shift, np.float32), audio[:len(audio) - shift]])
-    return np.concatenate([audio[-shift:], np.zeros(-shift, np.float32)])
-
-
-def fitted(audio: np.ndarray, length: int) -> np.ndarray:
-    """`audio` looped or cut to `length` samples."""
-    return np.resize(audio, length).astype(np.float32)
-
-
-def auc(positives: list[float], negatives: list[float]) -> float:
-    """P(positive > negative), ties counting half; None scores (unmeasured) rank lowest."""
-    pos = np.array([-np.inf if p is None else p for p in positives])
-    neg = np.array([-np.inf if n is None else n for n in negatives])
-    greater = (pos[:, None] > neg[None, :]).mean()
-    ties = (pos[:, None] == neg[None, :]).mean()
-    return float(greater + 0.5 * ties)
-
-
-def measure(clip: ClipInputs, view: str, audio: np.ndarray, model: SyncModel | None):
-    landmarks, crops = (clip.landmarks, clip.crops) if view == "full" else (clip.landmarks_128, clip.crops_128)
-    return measure_sync(landmarks, audio, SAMPLE_RATE, clip.fps, crops=crops, model=model)
-
-
-def held_out_models(clips: list[ClipInputs]) -> list[SyncModel]:
-    """One regressor per clip, fitted on every other clip (each clip is one speaker: leave-one-speaker-out)."""
-    return [sync_model.fit(sync_model.corpus_examples(clips[:i] + clips[i + 1:])) for i in range(len(clips))]
-
-
-def validate(clips: list[ClipInputs], view: str, models: list[SyncModel | None], shifts=SHIFTS,
-             mismatches: int = MISMATCHES) -> dict:
-    errors, relative, in_sync, own, other, per_clip = [], [], [], [], [], {}
-    unmeasured = 0
-    for i, clip in enumerate(clips):
-        clip_errors = {}
-        for k in shifts:
-            result = measure(clip, view, delayed(clip.audio, k, clip.fps), models[i])
-            if result is None:
-                errors.append(np.inf)
-                clip_errors[k] = None
-                unmeasured += k == 0
-                continue
-            errors.append(abs(result.offset_frames - k))
-            clip_errors[k] = result.offset_frames
-            if k == 0:
-                in_sync.append(result.offset_frames)
-                own.append(result.confidence)
-        for j in range(1, mismatches + 1):
-            donor = clips[(i + j) % len(clips)]
-            result = measure(clip, view, fitted(donor.audio, len(clip.audio)), models[i])
-            other.append(None if result is None else result.confidence)
-        per_clip[clip.name] = clip_errors
-        if clip_errors.get(0) is not None:
-            relative += [np.inf if clip_errors[k] is None else abs(clip_errors[k] - clip_errors[0] - k) for k in shifts if k]
-    errors, relative = np.array(errors), np.array(relative)
-    finite = errors[np.isfinite(errors)]
-    return {"offset_mae_frames": float(finite.mean()) if finite.size else None,
-            "within_1_frame": float((errors <= 1).mean()),
-            "within_1_frame_relative": float((relative <= 1).mean()) if relative.size else None,
-            "in_sync_offset_mean": float(np.mean(in_sync)) if in_sync else None,
-            "in_sync_offset_std": float(np.std(in_sync)) if in_sync else None,
-            "auc_in_sync_vs_mismatched": auc(own, other),
-            "clips_unmeasured": unmeasured,
-            "offsets_per_clip": per_clip}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,7 @@ class SyncResult:
     peak_correlation: float = float("nan")  # the curve's value at the peak
     null_mean: float = float("nan")  # mean and std of the circular-shift correlations
     null_std: float = float("nan")
+    chance_peak: float = float("nan")  # mean maximum of the null over runs as long as the lag search
 
 
 def mel_filterbank(n_fft: int, sample_rate: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
@@ -150,4 +151,4 @@ def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps
     chance = np.mean([circular[s:s + len(lags)].max() for s in starts]) if starts else null.max()
     return SyncResult(offset_frames=float(lags[peak]), confidence=float((curve[peak] - chance) / null_std),
                       lags=lags, curve=curve, raw_lag=int(lags[peak]), peak_correlation=float(curve[peak]),
-                      null_mean=null_mean, null_std=null_std)
+                      null_mean=null_mean, null_std=null_std, chance_peak=float(chance))

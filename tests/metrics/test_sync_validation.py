@@ -1,0 +1,96 @@
+"""The sync measure on a fixed part of the real corpus (four speakers), full frame and at the 128 px render
+size, with bars a chance-level method fails; and the regressor's training command end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from metrics.sync_validation import delayed, fitted, validate
+from metrics import sync_model
+from metrics.sync import measure_sync
+from metrics.sync_corpus import SAMPLE_RATE, load_clip
+
+# four speakers, 25 and 30 fps, 3-5 s each (the shortest clips, so extraction stays within seconds)
+SUBSET = ("megactor_ENTF_2.mp4", "megactor_CHTF_4.mp4", "real3dportrait_May_5s.mp4", "megactor_CHTF_2.mp4")
+SHIFTS = (-6, -3, 0, 3, 6)
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_media):
+    return shared_media / "corpus"
+
+
+@pytest.fixture(scope="module")
+def clips(corpus, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("sync_cache")
+    return [load_clip(corpus / name, cache) for name in SUBSET]
+
+
+@pytest.mark.parametrize("view", ["full", "128"])
+def test_shifts_are_recovered_within_a_frame_of_the_clips_own_reading(clips, view):
+    """A chance-level offset (uniform over +-15 frames) lands within 1 frame of the truth ~10 % of the time."""
+    report = validate(clips, view, [None] * len(clips), shifts=SHIFTS, mismatches=1)
+    assert report["clips_unmeasured"] == 0
+    assert report["within_1_frame_relative"] >= 0.85, report
+
+
+@pytest.mark.parametrize("view", ["full", "128"])
+def test_mismatched_speech_reads_under_the_clips_own_confidence(clips, view):
+    """Each clip with another speaker's speech (the other three clips' audio) against its own."""
+    wins = 0
+    for i, clip in enumerate(clips):
+        landmarks, crops = (clip.landmarks, clip.crops) if view == "full" else (clip.landmarks_128, clip.crops_128)
+        own = measure_sync(landmarks, clip.audio, SAMPLE_RATE, clip.fps, crops=crops).confidence
+        others = [measure_sync(landmarks, fitted(donor.audio, len(clip.audio)), SAMPLE_RATE, clip.fps, crops=crops).confidence
+                  for j, donor in enumerate(clips) if j != i]
+        wins += sum(own > other for other in others)
+    assert wins >= 10, wins  # of 12 pairs; chance is 6
+
+
+def test_confidence_of_unrelated_speech_sits_near_zero(clips):
+    """The confidence is in null standard deviations above what chance picks as a peak: unrelated speech ~0."""
+    values = [measure_sync(c.landmarks, fitted(clips[(i + 1) % len(clips)].audio, len(c.audio)), SAMPLE_RATE, c.fps,
+                           crops=c.crops).confidence for i, c in enumerate(clips)]
+    assert abs(np.mean(values)) < 1.0, values
+
+
+def test_an_advanced_audio_reads_a_negative_offset(clips):
+    clip = clips[2]  # real3dportrait May: reads 0 or 1 in sync
+    base = measure_sync(clip.landmarks, clip.audio, SAMPLE_RATE, clip.fps, crops=clip.crops).offset_frames
+    early = measure_sync(clip.landmarks, delayed(clip.audio, -5, clip.fps), SAMPLE_RATE, clip.fps, crops=clip.crops)
+    assert abs(early.offset_frames - base + 5) <= 1, (base, early.offset_frames)
+
+
+def test_training_command_fits_two_clips_and_the_weights_load_through_safetensors(corpus, clips, tmp_path):
+    out = tmp_path / "weights"
+    cache = tmp_path / "cache"
+    code = sync_model.main(["--corpus", str(corpus), "--out", str(out), "--cache", str(cache),
+                            "--clips", SUBSET[0], SUBSET[1]])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [sync_model.CONFIG_FILE, sync_model.WEIGHTS_FILE]
+    spec = json.loads((out / sync_model.CONFIG_FILE).read_text())
+    assert spec["meta"]["clips"] == [SUBSET[1], SUBSET[0]] or spec["meta"]["clips"] == sorted(SUBSET[:2])
+    assert spec["meta"]["command"].startswith("python -m metrics.sync_model")
+    model = sync_model.load(out)
+    assert model.weights.shape == (len(model.config.taps_s) * model.config.n_mels, len(sync_model.TARGETS))
+    held_out = clips[2]  # a speaker neither training clip has
+    result = measure_sync(held_out.landmarks, held_out.audio, SAMPLE_RATE, held_out.fps, crops=held_out.crops, model=model)
+    assert result is not None and np.isfinite(result.confidence) and np.isfinite(result.curve).all()
+
+
+def test_weights_of_another_format_are_refused(tmp_path):
+    shipped = sync_model.load()
+    sync_model.save(shipped, tmp_path)
+    spec = json.loads((tmp_path / sync_model.CONFIG_FILE).read_text())
+    spec["format"] = "pickle"
+    (tmp_path / sync_model.CONFIG_FILE).write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="format 'pickle'"):
+        sync_model.load(tmp_path)
+
+
+def test_model_config_names_the_bad_field():
+    with pytest.raises(ValueError, match="ridge must be >= 0"):
+        sync_model.SyncModelConfig(ridge=-1.0)
