@@ -47,7 +47,7 @@ BASE_COLUMNS: dict[str, pa.DataType] = {
 METRIC_DOCS: dict[str, tuple[pa.DataType, str]] = {
     # audio-visual sync (metrics/sync.py)
     "sync_offset_frames": (pa.float64(), "frames; > 0: the audio lags the video (sound comes after the mouth)"),
-    "sync_confidence": (pa.float64(), "peak correlation x (peak - runner-up) of the lag curve; ~0 for unrelated audio"),
+    "sync_confidence": (pa.float64(), "lag-curve peak above chance, in null std units (metrics.sync); ~0 for unrelated audio"),
     # identity (dlib 128-d embedding distance to the portrait; < 0.6 = same person)
     "identity_distance_mean": (pa.float64(), "mean embedding distance of sampled frames to the portrait"),
     "identity_distance_max": (pa.float64(), "worst sampled frame's distance to the portrait"),
