@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -79,6 +80,56 @@ def refuse_pickle(path: Path) -> None:
         return
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise CheckpointError(f"{path}: this is a pickle / torch.save file, not safetensors; refusing to unpickle it")
+
+
+def expected_tensors(config: GeneratorConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """name -> (shape, dtype) of the state dict `config` builds, computed on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = Generator(config)
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def check_weights(directory: str | Path) -> GeneratorConfig:
+    """The checkpoint's config, once its weights file's header agrees with it; else CheckpointError.
+
+    Reads config.json and the safetensors header only (names, shapes, dtypes): no tensor is loaded and the
+    network is built on the meta device, so a config naming a huge network is refused in milliseconds
+    when its parameter count disagrees with the file's tensors. The error names the parameter counts and
+    the first tensor that differs.
+    """
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    config, _ = read_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    refuse_pickle(weights)
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            found = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: corrupt or not a safetensors file ({e})") from None
+    expected = expected_tensors(config)
+    want, have = sum(math.prod(s) for s, _ in expected.values()), sum(math.prod(s) for s, _ in found.values())
+    counts = (f"config.json implies {want:,} parameters in {len(expected)} tensors, "
+              f"the file holds {have:,} in {len(found)}")
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        first = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise CheckpointError(f"{weights}: tensors do not match config.json ({counts}): "
+                              f"{len(missing)} missing, {len(unexpected)} unexpected, first {first}")
+    for name, (shape, dtype) in expected.items():
+        if found[name][0] != shape:
+            raise CheckpointError(f"{weights}: {name} has shape {found[name][0]}, config.json implies {shape} ({counts})")
+        if found[name][1] not in SAFETENSORS_FLOAT_DTYPES and dtype.is_floating_point:
+            raise CheckpointError(f"{weights}: {name} has dtype {found[name][1]}, expected a floating-point dtype")
+    return config
+
+
+# safetensors' names of the dtypes a floating-point parameter may be stored in (load_state_dict casts them)
+SAFETENSORS_FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", expect: GeneratorConfig | None = None) -> Generator:

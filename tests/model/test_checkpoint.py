@@ -208,3 +208,36 @@ def test_fine_tuning_with_the_lid_layer_grown_starts_from_the_same_frames_and_it
     rows_drawn = lid[0, 0, :, S // 2]
     assert (rows_drawn[interior] - shifted[interior]).abs().max() < 1e-3
     assert (rows_drawn[interior] - rows[interior]).abs().max() > 0.4
+
+
+def test_weights_check_reads_only_the_header_and_refuses_a_huge_config_before_allocating(saved):
+    """Regression: a config.json naming d_model 16384 and 48 layers was built (6.7 GB, 32 s) before any check."""
+    import time
+
+    from model.checkpoint import check_weights
+
+    assert check_weights(saved) == load_checkpoint(saved).config
+    meta = json.loads((saved / "config.json").read_text())
+    meta["config"].update(d_model=16384, n_layers=48, n_heads=64)
+    (saved / "config.json").write_text(json.dumps(meta))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"config.json implies [\d,]+ parameters in \d+ tensors, the file holds "
+                                              r"[\d,]+ in \d+\): \d+ missing, 0 unexpected, first missing 'transformer.layers"):
+        check_weights(saved)
+    assert time.perf_counter() - start < 5.0  # built on the meta device: no memory, no time
+
+
+def test_weights_check_names_the_first_tensor_of_another_shape_and_a_corrupt_header(saved):
+    from model.checkpoint import check_weights
+
+    meta = json.loads((saved / "config.json").read_text())
+    meta["config"]["d_model"] = 96
+    (saved / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"has shape \(\d+, 64\), config.json implies \(\d+, 96\)"):
+        check_weights(saved)
+    meta["config"]["d_model"] = 64
+    (saved / "config.json").write_text(json.dumps(meta))
+    data = (saved / "model.safetensors").read_bytes()
+    (saved / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or not a safetensors file"):
+        check_weights(saved)
