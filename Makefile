@@ -5,7 +5,7 @@ setup:
 
 # Render the embedded default: local Ray, local files, MLflow on sqlite, the shipped checkpoint.
 demo: setup
-	.venv/bin/eartalk render examples/manifest.jsonl --output out/demo --tracking-uri sqlite:///out/mlflow.db
+	.venv/bin/eartalk render examples/manifest.jsonl --output out/demo --tracking-uri sqlite:///out/mlflow.db --allow-root /usr/share/codec2/raw
 
 # The full CI suite (real Ray, moto S3 server, MLflow, ffmpeg, Chromium).
 test: setup

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,8 @@ PORTRAITS = [REPO / "examples" / "astronaut.png"] + sorted((REPO.parent / "share
 def make_manifest(d: Path, clips: int, seconds: float) -> Path:
     speech = d / "speech.wav"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", SPEECH, "-t", str(seconds), "-ac", "1", "-ar", "16000", str(speech)], check=True)
-    rows = [{"id": f"clip{i:03d}", "portrait": str(PORTRAITS[i % len(PORTRAITS)]), "audio": str(speech)} for i in range(clips)]
+    portraits = [shutil.copy(p, d) for p in PORTRAITS]  # inside the manifest's folder: the input policy's default root
+    rows = [{"id": f"clip{i:03d}", "portrait": str(portraits[i % len(portraits)]), "audio": str(speech)} for i in range(clips)]
     manifest = d / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest

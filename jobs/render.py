@@ -1,12 +1,16 @@
 """`eartalk render`: render a manifest to MP4s + a results Parquet, tracked in MLflow.
 
 Locally (starts a local Ray):
-    eartalk render examples/manifest.jsonl --output out/demo
+    eartalk render examples/manifest.jsonl --output out/demo --allow-root /usr/share/codec2/raw
 
 On a cluster (loopback here; use your head's dashboard address):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python -m jobs.render s3://bucket/manifests/today.jsonl --output s3://bucket/renders/today \
         --actors 4 --gpus-per-actor 1 --tracking-uri http://mlflow:5000
+
+Input policy: rows may read local paths and s3:// under the manifest's own folder; widen it with
+--allow-root URI and --allow-scheme SCHEME (both repeatable). --dry-run checks the checkpoint, the manifest
+and the policy and prints what would render / skip / fail, without starting Ray.
 
 S3 endpoint and credentials come from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
 --s3-endpoint) and are never logged. Exit codes: 0 all rows ok (or failures within
@@ -39,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default $AWS_ENDPOINT_URL)")
     p.add_argument("--no-metrics", action="store_true", help="skip the per-video quality metrics stage")
     p.add_argument("--experiment", default="eartalk-render", help="MLflow experiment name")
+    p.add_argument("--allow-root", action="append", default=[], metavar="URI",
+                   help="a folder or URI prefix rows may read besides the manifest's own folder (repeatable)")
+    p.add_argument("--allow-scheme", action="append", default=[], metavar="SCHEME",
+                   help="a URI scheme rows may use besides local paths and s3:// (repeatable, e.g. https)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the checkpoint, the manifest and the input policy; print what would render, "
+                        "skip or fail (JSON lines) without starting Ray; exit 1 when failures would exceed "
+                        "--max-failed-fraction")
     return p
 
 
@@ -55,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             actors=args.actors, gpus_per_actor=args.gpus_per_actor, tracking_uri=args.tracking_uri,
             max_failed_fraction=args.max_failed_fraction, s3_endpoint=args.s3_endpoint,
             metrics=not args.no_metrics, experiment=args.experiment,
+            allowed_roots=tuple(args.allow_root), allowed_schemes=tuple(args.allow_scheme),
         )
+        if args.dry_run:
+            return dry_run(config)
         if args.gpus_per_actor > 0:
             import ray
 
@@ -75,6 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.exit_code:
         print(f"eartalk render: failed rows exceed --max-failed-fraction {config.max_failed_fraction}", file=sys.stderr)
     return outcome.exit_code
+
+
+def dry_run(config) -> int:
+    """What `run_render(config)` would do with each row, one JSON line per row, then a summary line."""
+    import json
+
+    from pipelines.render import plan_render
+
+    plan = plan_render(config)
+    for entry in plan.rows:
+        print(json.dumps(entry), flush=True)
+    print(json.dumps({"run_id": plan.run_id, "model_version": plan.model_version, "counts": plan.counts}), flush=True)
+    return plan.exit_code
 
 
 def gpu_shortfall(gpus_per_actor: float) -> str | None:

@@ -62,6 +62,7 @@ def render_attempt(config: NightlyConfig, manifest_uri: str, output_uri: str, ru
     return run_render(RenderConfig(
         manifest_uri=manifest_uri, output_uri=output_uri, run_id=run_id, tracking_uri=config.tracking_uri,
         max_failed_fraction=1.0,  # never abort mid-night: every row must reach the ledger
+        allowed_roots=(config.catalog_uri,),  # the manifest sits in the output; its rows read the catalog
         mlflow_tags={tracking.TAG_DATE: config.night, tracking.TAG_CATALOG: config.catalog_uri,
                      "eartalk.nightly.attempt": output_uri.rstrip("/").rsplit("-", 1)[-1]},
         **{k: v for k, v in defaults.items() if v is not None}))  # None: the render job's own default

@@ -8,10 +8,15 @@ columns and values outside a control's range are errors (they are almost always 
 Alignment: a `frame` track sets exactly the listed frames; a `time` track is interpolated linearly onto
 frame times (t / fps) between consecutive given samples, and is absent outside them.
 JSON is a list of records, e.g. [{"frame": 0, "yaw": 10}, {"frame": 1, "yaw": null, "blink": 0.2}].
+
+Errors name the column (a known control's name), the line (CSV) or entry (JSON / Parquet) and the cause,
+never a cell's text or an unknown column's name: a manifest may point a row at a file that is not a
+control track, and the error lands in the results table, the logs and MLflow.
 """
 
 from __future__ import annotations
 
+import difflib
 import io
 import json
 import math
@@ -26,7 +31,12 @@ class ControlTrackError(ValueError):
     pass
 
 
-def _parse_cell(value, column: str, index: int) -> float:
+def _where(name: str, index: int) -> str:
+    """A cell's place: its line in a CSV file (the header is line 1), its entry in JSON / Parquet."""
+    return f"line {index + 2}" if name.lower().endswith(".csv") else f"entry {index}"
+
+
+def _parse_cell(value, column: str, where: str) -> float:
     if value is None:
         return math.nan  # absent
     if isinstance(value, str):
@@ -36,13 +46,13 @@ def _parse_cell(value, column: str, index: int) -> float:
         try:
             value = float(value)
         except ValueError:
-            raise ControlTrackError(f"column {column!r}, entry {index}: {value!r} is not a number") from None
+            raise ControlTrackError(f"column {column!r}, {where}: the cell is not a number") from None
     try:
         value = float(value)
     except (TypeError, ValueError):  # a JSON object or list in a cell
-        raise ControlTrackError(f"column {column!r}, entry {index}: {value!r} is not a number") from None
+        raise ControlTrackError(f"column {column!r}, {where}: the cell is not a number") from None
     if not math.isfinite(value):
-        raise ControlTrackError(f"column {column!r}, entry {index}: {value} (NaN/inf are not allowed; leave the cell empty for 'absent')")
+        raise ControlTrackError(f"column {column!r}, {where}: {value} (NaN/inf are not allowed; leave the cell empty for 'absent')")
     return value
 
 
@@ -64,8 +74,10 @@ def read_table(data: bytes, name: str) -> pd.DataFrame:
             return df.astype(object).where(pd.DataFrame(~df.isna().to_numpy() | _nan_values(df), columns=df.columns), None)
     except ControlTrackError:
         raise
-    except Exception as e:
+    except (json.JSONDecodeError, pd.errors.ParserError) as e:  # their messages give a place, not the text
         raise ControlTrackError(f"cannot parse control track ({type(e).__name__}: {e})") from None
+    except Exception as e:  # other parsers' messages may quote the file: the type alone
+        raise ControlTrackError(f"cannot parse control track ({type(e).__name__})") from None
     raise ControlTrackError("unknown control track format (use .csv, .json or .parquet)")
 
 
@@ -90,20 +102,24 @@ def parse_control_track(data: bytes, name: str, fps: float, num_frames: int) -> 
     if len(keys) != 1:
         raise ControlTrackError("control track needs exactly one of the columns 'frame' or 'time'")
     key = keys[0]
-    unknown = sorted(set(df.columns) - {key} - set(CONTROL_NAMES))
-    if unknown:
-        raise ControlTrackError(f"unknown control column(s) {unknown}; known controls: {', '.join(CONTROL_NAMES)}")
-    where = np.array([_parse_cell(v, key, i) for i, v in enumerate(df[key].tolist())], dtype=np.float64)
+    known = {key, *CONTROL_NAMES}
+    unknown = [i for i, c in enumerate(df.columns) if c not in known]
+    if unknown:  # by position: a name that is no control's may be any text of a file that is no control track
+        hints = sorted({m for i in unknown for m in difflib.get_close_matches(str(df.columns[i]).lower(), CONTROL_NAMES, 1)})
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        raise ControlTrackError(f"unknown control column(s) at position(s) {[i + 1 for i in unknown]}{hint}; "
+                                f"known controls: {', '.join(CONTROL_NAMES)}")
+    where = np.array([_parse_cell(v, key, _where(name, i)) for i, v in enumerate(df[key].tolist())], dtype=np.float64)
     if np.isnan(where).any():
         raise ControlTrackError(f"column {key!r} has empty entries")
     tracks: dict[str, np.ndarray] = {}
     for name_ in [c for c in df.columns if c != key]:
         spec = CONTROL_SPECS[name_]
-        values = np.array([_parse_cell(v, name_, i) for i, v in enumerate(df[name_].tolist())], dtype=np.float64)
+        values = np.array([_parse_cell(v, name_, _where(name, i)) for i, v in enumerate(df[name_].tolist())], dtype=np.float64)
         bad = ~np.isnan(values) & ((values < spec.min) | (values > spec.max))
         if bad.any():
             i = int(np.argmax(bad))
-            raise ControlTrackError(f"column {name_!r}, entry {i}: {values[i]} outside [{spec.min}, {spec.max}] {spec.unit}")
+            raise ControlTrackError(f"column {name_!r}, {_where(name, i)}: {values[i]} outside [{spec.min}, {spec.max}] {spec.unit}")
         if spec.kind == "categorical" and not np.all(np.isnan(values) | (values == np.round(values))):
             raise ControlTrackError(f"column {name_!r}: categories must be integers 0..{len(spec.categories) - 1}")
         track = np.full(num_frames, np.nan, dtype=np.float32)

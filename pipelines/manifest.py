@@ -13,7 +13,8 @@ A manifest is JSONL, CSV or Parquet (by extension), local or in object storage, 
                      column's name (status, error, frames, run_id, a metric, ...) is refused for the whole manifest
 
 Relative URIs are resolved against the manifest's own folder. Row problems found here (missing id,
-unsafe or duplicate id, bad fps or seed) fail that row only; files are opened later, per row, by the asset stage.
+unsafe or duplicate id, bad fps or seed, a URI the input policy refuses: pipelines/inputs.py) fail that row
+only; files are opened later, per row, by the asset stage.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from dataclasses import dataclass, fields
 import pandas as pd
 
 import storage
+
+from .inputs import MAX_MANIFEST_BYTES, InputError, InputPolicy, read_bounded
 
 REQUIRED = ("id", "portrait", "audio")
 OPTIONAL = ("controls", "fps", "seed", "reference_video")
@@ -63,9 +66,11 @@ class RowFailure:
 
 def read_manifest(uri: str, options: storage.StorageOptions | None = None) -> pd.DataFrame:
     try:
-        data = storage.read_bytes(uri, options)
+        data = read_bounded(uri, options, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise ManifestError(f"manifest not found: {uri}") from None
+    except InputError as e:
+        raise ManifestError(f"manifest {uri}: {e}") from None
     name = uri.lower()
     try:
         if name.endswith((".jsonl", ".ndjson", ".json")):
@@ -110,8 +115,14 @@ def _text(value) -> str | None:
     return text or None
 
 
-def validate_rows(df: pd.DataFrame, manifest_uri: str) -> tuple[list[ManifestRow], list[RowFailure]]:
-    """Split rows into valid ones and failures, each failure naming the row and the cause."""
+def validate_rows(df: pd.DataFrame, manifest_uri: str,
+                  policy: InputPolicy | None = None) -> tuple[list[ManifestRow], list[RowFailure]]:
+    """Split rows into valid ones and failures, each failure naming the row and the cause.
+
+    `policy` (default: the manifest's own folder, local paths and s3://) decides which URIs a row may
+    name; a valid row carries them normalized (local paths resolved), as the policy checked them.
+    """
+    policy = policy or InputPolicy.for_manifest(manifest_uri)
     rows, failures, seen = [], [], {}
     tag_columns = [c for c in df.columns if c not in REQUIRED + OPTIONAL]
     reserved = sorted(set(tag_columns) & reserved_columns())
@@ -153,6 +164,16 @@ def validate_rows(df: pd.DataFrame, manifest_uri: str) -> tuple[list[ManifestRow
             fail(f"fps {fps} outside {FPS_RANGE}")
             continue
         resolved = {c: storage.resolve(u, manifest_uri) if u else None for c, u in uris.items()}
+        refused = []
+        for column, uri in resolved.items():
+            if uri:
+                try:
+                    resolved[column] = policy.check(uri)
+                except InputError as e:
+                    refused.append(f"{column}: {e}")
+        if refused:
+            fail("; ".join(refused))
+            continue
         tags = {c: s for c in tag_columns if (s := _text(record.get(c))) is not None}
         rows.append(ManifestRow(i, rid, resolved["portrait"], resolved["audio"], resolved["controls"], fps, seed,
                                 resolved["reference_video"], tags))

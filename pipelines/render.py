@@ -31,7 +31,8 @@ import pandas as pd
 import storage
 from metrics.schema import results_frame, write_results
 
-from .manifest import ManifestError, read_manifest, validate_rows
+from .inputs import LIMITS, InputError, InputPolicy, probe_local
+from .manifest import SAFE_ID, ManifestError, read_manifest, validate_rows
 from .stages import HEAVY_COLUMNS, RenderActor, load_assets, measure, record, state_uri, video_uri
 
 if TYPE_CHECKING:
@@ -68,14 +69,28 @@ class RenderConfig:
     rows_per_batch: int = ROWS_PER_RENDER_BATCH
     cpus_per_actor: float = RENDER_CPUS_PER_ACTOR
     mlflow_tags: dict[str, str] = field(default_factory=dict)
+    # input policy (pipelines/inputs.py): roots besides the manifest's folder, schemes besides local and s3
+    allowed_roots: tuple[str, ...] = ()
+    allowed_schemes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.run_id is not None and (not SAFE_ID.match(self.run_id) or ".." in self.run_id):
+            # it names state/<run_id>/ and results/<run_id>.parquet: a separator or '..' would leave --output
+            raise ConfigError(f"--run-id {self.run_id!r}: use letters, digits, '.', '_', '-' only (no path "
+                              "separators or '..'), starting with a letter or digit, at most 128 characters")
         if self.actors < 1:
             raise ConfigError("--actors must be >= 1")
         if self.gpus_per_actor < 0:
             raise ConfigError("--gpus-per-actor must be >= 0")
         if not 0.0 <= self.max_failed_fraction <= 1.0:
             raise ConfigError("--max-failed-fraction must be within [0, 1]")
+        self.input_policy()  # a malformed --allow-scheme is a usage error now, not after the checkpoint is read
+
+    def input_policy(self) -> InputPolicy:
+        try:
+            return InputPolicy.for_manifest(self.manifest_uri, self.allowed_roots, self.allowed_schemes)
+        except InputError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass
@@ -140,16 +155,16 @@ def run_render(config: RenderConfig) -> RenderOutcome:
     options = storage.StorageOptions.from_env(config.s3_endpoint)
     checkpoint = resolve_checkpoint(config.checkpoint)
     run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    model_config, model_version = checkpoint_facts(checkpoint, options)
     try:
         manifest = read_manifest(config.manifest_uri, options)
-        rows, failures = validate_rows(manifest, config.manifest_uri)
+        rows, failures = validate_rows(manifest, config.manifest_uri, config.input_policy())
     except ManifestError as e:
         raise ConfigError(str(e)) from None
     tag_columns = sorted({k for r in rows for k in r.tags})
     done = previous_results(rows, config, run_id, options)
     todo = [r for r in rows if r.id not in done]
 
-    model_config, model_version = checkpoint_facts(checkpoint, options)
     log.info("run %s: %d rows (%d invalid, %d already done), checkpoint %s (%s)", run_id, len(manifest),
              len(failures), len(done), checkpoint, model_version)
 
@@ -220,23 +235,67 @@ def run_render(config: RenderConfig) -> RenderOutcome:
     return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results, stage_s)
 
 
+@dataclass
+class RenderPlan:
+    """What `run_render` would do with each row (`plan_render`): nothing is fetched or rendered."""
+
+    run_id: str
+    model_version: str
+    rows: list[dict]  # {"row", "id", "action": "render" | "skip" | "fail", "error"}, in manifest order
+    counts: dict[str, int]  # action -> rows
+    exit_code: int  # 1 when the rows that would fail exceed max_failed_fraction, as run_render's would
+
+
+def plan_render(config: RenderConfig) -> RenderPlan:
+    """A dry run: the checkpoint's header, the manifest, the input policy and the resume state checked as
+    `run_render` checks them, and each local input stat-ed (missing, not a regular file, over its limit);
+    remote inputs are not probed (a stat per object would make a dry run of 20,000 rows slow). No Ray."""
+    options = storage.StorageOptions.from_env(config.s3_endpoint)
+    checkpoint = resolve_checkpoint(config.checkpoint)
+    _, model_version = checkpoint_facts(checkpoint, options)
+    try:
+        rows, failures = validate_rows(read_manifest(config.manifest_uri, options), config.manifest_uri,
+                                       config.input_policy())
+    except ManifestError as e:
+        raise ConfigError(str(e)) from None
+    done = previous_results(rows, config, config.run_id, options) if config.run_id else {}
+    entries = [{"row": f.row, "id": f.id, "action": "fail", "error": f.error} for f in failures]
+    for r in rows:
+        problems = []
+        for column, limit in LIMITS.items():
+            uri = getattr(r, column)
+            if r.id not in done and uri and not storage.is_remote(uri):
+                try:
+                    probe_local(uri, limit)
+                except FileNotFoundError:
+                    problems.append(f"{column}: file not found")
+                except (InputError, OSError) as e:
+                    problems.append(f"{column}: {e}")
+        action = "skip" if r.id in done else "fail" if problems else "render"
+        error = f"row {r.row} (id {r.id!r}): {'; '.join(problems)}" if problems else ""
+        entries.append({"row": r.row, "id": r.id, "action": action, "error": error})
+    entries.sort(key=lambda e: e["row"])
+    counts = {a: sum(e["action"] == a for e in entries) for a in ("render", "skip", "fail")}
+    exit_code = 1 if counts["fail"] / max(1, len(entries)) > config.max_failed_fraction else 0
+    return RenderPlan(config.run_id or "(new)", model_version, entries, counts, exit_code)
+
+
 def checkpoint_facts(uri: str, options: storage.StorageOptions) -> tuple[GeneratorConfig, str]:
     """(GeneratorConfig, version) of a checkpoint, read from its config.json and weights' bytes.
 
     The driver needs only the image size, the config and the version; the actors load the model, once
-    each. A missing checkpoint, a foreign config.json or pickled weights fail here (exit 2), before any
-    actor starts.
+    each. A missing checkpoint, a foreign or mistyped config.json, pickled or corrupt weights and tensors
+    that disagree with the config fail here (exit 2), before any actor starts.
     """
     from model import checkpoint_version
-    from model.checkpoint import WEIGHTS_FILE, read_config, refuse_pickle
+    from model.checkpoint import WEIGHTS_FILE, check_weights
 
     with storage_local_checkpoint(uri, options) as local:
-        model_config, _ = read_config(local)
-        weights = local / WEIGHTS_FILE
-        if not weights.is_file():
+        if not (local / WEIGHTS_FILE).is_file():
             raise ConfigError(f"checkpoint {uri} has no {WEIGHTS_FILE}")
-        refuse_pickle(weights)
-        return model_config, checkpoint_version(local)
+        # config.json against the safetensors header (names, shapes, dtypes), the network built on the meta
+        # device: a config that disagrees with its weights is refused here, with nothing allocated
+        return check_weights(local), checkpoint_version(local)
 
 
 class storage_local_checkpoint:

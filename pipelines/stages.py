@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 import storage
+from .inputs import MAX_AUDIO_BYTES, MAX_CONTROLS_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, InputError, fetch_bounded, read_bounded
 from .controls import ControlTrackError, parse_control_track, tracks_from_json, tracks_to_json
 
 STATE_DIR = "state"  # <output>/state/<run_id>/<id>.json: a row's final result, written by the last stage
@@ -43,7 +44,11 @@ def short_error(stage: str, row: dict, e: BaseException) -> str:
 
 
 def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions) -> dict:
-    """Portrait -> aligned canonical crop; audio -> mono at model.AUDIO_SAMPLE_RATE; control track -> per-frame values."""
+    """Portrait -> aligned canonical crop; audio -> mono at model.AUDIO_SAMPLE_RATE; control track -> per-frame values.
+
+    Every input is read bounded (pipelines/inputs.py): a regular file within its size limit, fetched within
+    FETCH_TIMEOUT_S; one that is not fails this row and the batch's other rows go on.
+    """
     from faces import NoFaceError, align_face
     from media import MediaError, load_audio, load_image
     from model import num_frames_for
@@ -54,21 +59,21 @@ def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions) 
     stage = "portrait"
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            image = load_image(storage.fetch(row["portrait"], Path(tmp), options))
+            image = load_image(fetch_bounded(row["portrait"], Path(tmp), options, MAX_IMAGE_BYTES))
             aligned = align_face(image, image_size)
             stage = "audio"
-            audio = load_audio(storage.fetch(row["audio"], Path(tmp), options))
+            audio = load_audio(fetch_bounded(row["audio"], Path(tmp), options, MAX_AUDIO_BYTES))
             num_frames = num_frames_for(audio.size, row["fps"])
             tracks = {}
             if row.get("controls"):
                 stage = "controls"
-                data = storage.read_bytes(row["controls"], options)
+                data = read_bounded(row["controls"], options, MAX_CONTROLS_BYTES)
                 tracks = parse_control_track(data, row["controls"], row["fps"], num_frames)
     except FileNotFoundError as e:
         out.update(status="failed", error=short_error(stage, row, f"file not found: {e}"))
     except NoFaceError as e:
         out.update(status="failed", error=short_error(stage, row, e))
-    except (MediaError, ControlTrackError, OSError) as e:
+    except (MediaError, ControlTrackError, InputError, OSError) as e:
         out.update(status="failed", error=short_error(stage, row, e))
     except Exception as e:  # anything unforeseen in one row's inputs fails that row, not the job
         out.update(status="failed", error=short_error(stage, row, f"{type(e).__name__}: {e}"))
@@ -198,8 +203,9 @@ def measure(row: dict, *, options: storage.StorageOptions) -> dict:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             video = storage.fetch(row["output_uri"], Path(tmp), options)
-            portrait = storage.fetch(row["portrait"], Path(tmp), options)
-            reference = storage.fetch(row["reference_video"], Path(tmp), options) if row.get("reference_video") else None
+            portrait = fetch_bounded(row["portrait"], Path(tmp), options, MAX_IMAGE_BYTES)
+            reference = (fetch_bounded(row["reference_video"], Path(tmp), options, MAX_VIDEO_BYTES)
+                         if row.get("reference_video") else None)
             # the track as the asset stage parsed it: read and parsed once per row
             controls = tracks_from_json(row.get("controls_json", "")) or None
             values = compute_video_metrics(video, None, portrait, reference, controls)

@@ -1,8 +1,12 @@
-"""`eartalk render`'s GPU preflight: a machine that can never give an actor its GPUs is refused with exit 2; a
-cluster that autoscales (KubeRay's GPU workers start at 0 replicas) is left to add them while the actors wait."""
+"""`eartalk render`'s preflight: a machine that can never give an actor its GPUs is refused with exit 2 (a
+cluster that autoscales, KubeRay's GPU workers starting at 0 replicas, is left to add them while the actors
+wait); so are a checkpoint whose weights disagree with its config and a run id that would leave --output."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,3 +41,44 @@ def test_kuberay_cluster_without_gpus_yet_waits_for_its_autoscaler(more_gpus_tha
     with caplog.at_level("WARNING", logger="eartalk.render"):
         assert gpu_shortfall(more_gpus_than_here) is None
     assert "waiting for KubeRay's autoscaler" in caplog.text
+
+
+@pytest.fixture
+def manifest(tmp_path, astronaut_png, speech_wav) -> Path:
+    from tests.pipelines.helpers import write_jsonl
+
+    return write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "portrait": str(astronaut_png), "audio": str(speech_wav)}])
+
+
+def crafted_checkpoint(source: Path, target: Path, **config) -> Path:
+    """A copy of a real checkpoint whose config.json has `config`'s fields changed."""
+    shutil.copytree(source, target)
+    meta = json.loads((target / "config.json").read_text())
+    meta["config"].update(config)
+    (target / "config.json").write_text(json.dumps(meta))
+    return target
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"d_model": 16384, "n_layers": 48, "n_heads": 64}, r"tensors do not match config.json \(config.json implies "),
+    ({"d_model": "256"}, r"invalid config \(d_model must be an int, got '256'\)"),
+    ({"n_mels": 48}, r"has shape .*, config.json implies"),
+], ids=["huge", "mistyped", "other-shape"])
+def test_a_checkpoint_that_disagrees_with_its_config_is_refused_before_any_actor(
+        manifest, tmp_path, random_tiny_checkpoint, capsys, config, message):
+    """Regression: a huge config was allocated (6.7 GB) and failed in the actor; `d_model: "256"` gave
+    'not all arguments converted during string formatting'."""
+    checkpoint = crafted_checkpoint(random_tiny_checkpoint, tmp_path / "ckpt", **config)
+    code = render_main([str(manifest), "--output", str(tmp_path / "o"), "--checkpoint", str(checkpoint)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()  # refused before anything ran or was written
+
+
+def test_a_run_id_that_would_leave_the_output_is_refused(manifest, tmp_path, capsys):
+    """Regression: `--run-id ../../../x` wrote the results Parquet three folders above --output."""
+    for run_id in ("../../../x", "a/b", ".."):
+        assert render_main([str(manifest), "--output", str(tmp_path / "o"), "--run-id", run_id]) == 2
+        assert f"--run-id {run_id!r}: use letters, digits" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.parent.glob("x"))

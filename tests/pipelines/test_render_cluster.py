@@ -27,6 +27,7 @@ def clips(tmp_path_factory, astronaut_png, speech_wav, shared_media):
     d = tmp_path_factory.mktemp("clips")
     speech = short_speech(speech_wav, d / "speech.wav", 1.0)
     portraits = [astronaut_png] + [shared_media / "portraits" / p for p in ("obama.jpg", "obama2.jpg", "biden.jpg")]
+    portraits = [Path(shutil.copy(p, d)) for p in portraits]  # inside the manifest's folder: the input policy's default root
     rows = [{"id": f"clip{i}", "portrait": str(portraits[i % 4]), "audio": str(speech)} for i in range(6)]
     return write_jsonl(d / "manifest.jsonl", rows)
 

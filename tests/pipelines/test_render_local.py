@@ -55,17 +55,18 @@ EXPECTED_ERRORS = {
     "unreadable-audio": "unreadable audio",
     "empty-audio": "zero length",
     "controls-nan": "NaN/inf are not allowed",
-    "controls-unknown": "unknown control column(s) ['smile_amount']",
+    "controls-unknown": "unknown control column(s) at position(s) [3]",
     "controls-range": "170.0 outside [-45.0, 45.0]",
 }
 
 
 @pytest.fixture(scope="module")
-def first_run(inputs, tmp_path_factory, random_tiny_checkpoint, ray_local):
+def first_run(inputs, tmp_path_factory, random_tiny_checkpoint, ray_local, astronaut_png, shared_media):
     out = tmp_path_factory.mktemp("out")
     tracking = f"sqlite:///{out / 'mlflow.db'}"
+    # the portraits live outside the manifest's folder: the input policy reads them once allowed
     args = [str(inputs), "--output", str(out / "render"), "--run-id", "run1", "--checkpoint", str(random_tiny_checkpoint),
-            "--tracking-uri", tracking]
+            "--tracking-uri", tracking, "--allow-root", str(astronaut_png.parent), "--allow-root", str(shared_media)]
     code = render_main(args)
     return {"code": code, "out": out / "render", "args": args, "tracking": tracking}
 
@@ -140,7 +141,8 @@ def resumed_run(inputs, astronaut_png, tmp_path_factory, random_tiny_checkpoint,
     good = {"portrait": str(astronaut_png), "audio": str(inputs.parent / "speech.wav")}
     tracking = f"sqlite:///{d / 'mlflow.db'}"
     args = ["--output", str(d / "render"), "--run-id", "part", "--checkpoint", str(random_tiny_checkpoint),
-            "--tracking-uri", tracking, "--no-metrics", "--max-failed-fraction", "1"]
+            "--tracking-uri", tracking, "--no-metrics", "--max-failed-fraction", "1", "--allow-root", str(astronaut_png.parent),
+            "--allow-root", str(inputs.parent)]
     first = write_jsonl(d / "first.jsonl", [{"id": "one", **good}, {"id": "gone", **good, "portrait": "nope.png"}])
     second = write_jsonl(d / "second.jsonl", [{"id": "one", **good}, {"id": "two", **good}])
     # pandas blocks keep a failed row's missing figures as NaN (Arrow blocks, Ray's default, turn them into nulls)
