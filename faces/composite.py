@@ -21,6 +21,7 @@ pixels inside and outside it (about 1 for an invisible seam, far higher for a ha
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import cv2
@@ -29,6 +30,7 @@ import numpy as np
 from .align import MIN_WARP_SCALE, AlignedFace
 
 MAX_SIDE = 1024  # px: default longest side of the output video
+FRAMINGS = ("portrait", "crop")  # the whole portrait with the face composited in, or the model's aligned crop alone
 BLENDS = ("alpha", "pyramid")
 JAW = slice(0, 17)  # dlib 68: jaw line, image-left ear to image-right ear
 BROWS = slice(17, 27)
@@ -171,6 +173,13 @@ class Compositor:
         to_crop = np.asarray(aligned.transform, np.float64) @ to_source
         return cls(frame, to_crop, aligned.landmarks, crop_size, **kwargs)
 
+    @classmethod
+    def from_plan(cls, plan: dict, crop_size: int, **kwargs) -> Compositor:
+        """From the columns `plan_composite` made (e.g. after they travelled through Ray Data)."""
+        frame = np.frombuffer(plan["frame_rgb"], np.uint8).reshape(int(plan["frame_height"]), int(plan["frame_width"]), 3)
+        geometry = json.loads(plan["composite_json"])
+        return cls(frame.copy(), np.array(geometry["to_crop"]), np.array(geometry["landmarks"]), crop_size, **kwargs)
+
     def warp(self, crop: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
         """(S, S, C) crop -> the box's (h, w, C) float32, area-averaged first where the frame shrinks it a lot."""
         x0, y0, x1, y1 = self.box
@@ -220,6 +229,17 @@ class Compositor:
         """Crop-coordinate points -> output-frame points."""
         to_output = cv2.invertAffineTransform(self.to_crop)
         return np.asarray(landmarks, np.float64) @ to_output[:, :2].T + to_output[:, 2]
+
+
+def plan_composite(image: np.ndarray, aligned: AlignedFace, max_side: int = MAX_SIDE) -> dict:
+    """What a renderer needs to composite a video of this portrait, as plain columns: the fitted portrait's
+    bytes and size, and the geometry (output -> crop transform, crop landmarks) and `face_upscaled` as JSON."""
+    frame, to_source = fit_portrait(image, max_side)
+    to_crop = (np.asarray(aligned.transform, np.float64) @ to_source)[:2]
+    geometry = {"to_crop": to_crop.tolist(), "landmarks": np.asarray(aligned.landmarks, np.float64).tolist(),
+                "face_upscaled": face_upscaled(aligned)}
+    return {"frame_rgb": frame.tobytes(), "frame_width": int(frame.shape[1]), "frame_height": int(frame.shape[0]),
+            "composite_json": json.dumps(geometry)}
 
 
 def face_upscaled(aligned: AlignedFace) -> bool:

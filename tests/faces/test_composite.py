@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from faces import align_face
-from faces.composite import (Compositor, face_mask, face_upscaled, fit_portrait, output_size, psnr_outside,
-                             seam_figure)
+from faces.composite import (Compositor, face_mask, face_upscaled, fit_portrait, output_size, plan_composite,
+                             psnr_outside, seam_figure)
 from media import Mp4Writer, load_audio, load_image, read_video
 from pipelines.controls import parse_control_track
 
@@ -244,3 +244,16 @@ def test_compositor_refuses_a_crop_of_the_wrong_size_and_an_unknown_blend(obama)
     c = Compositor.for_portrait(obama, aligned, 128, max_side=256)
     with pytest.raises(ValueError, match=r"crop must be \(128, 128, 3\)"):
         c(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_a_plan_in_plain_columns_rebuilds_the_same_compositor(obama, yaw_sweep):
+    """The render pipeline ships the plan through Ray Data as bytes and JSON; the frames must not change."""
+    import json
+
+    plan = plan_composite(obama, yaw_sweep["aligned"], 1024)
+    assert {type(v) for v in plan.values()} <= {bytes, int, str}
+    assert (plan["frame_width"], plan["frame_height"]) == (820, 1024)
+    assert json.loads(plan["composite_json"])["face_upscaled"] is False
+    rebuilt = Compositor.from_plan(plan, 128)
+    for t in (0, 37):
+        np.testing.assert_array_equal(rebuilt(yaw_sweep["crops"][t]), yaw_sweep["frames"][t])
