@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from training.checkpointing import latest_checkpoint, load_training_checkpoint
-from training.config import LossConfig
-from training.loops import TrainConfig, load_deepspeed_config, lr_lambda, train
+from training.config import LossConfig, TrainConfig
+from training.loops import train
 from training.shards import ClipDataset
+from training.stage import load_deepspeed_config, lr_lambda
 from training.synthetic import SyntheticConfig, build_synthetic_dataset
 
 pytestmark = pytest.mark.training
@@ -121,7 +122,7 @@ def test_a_resumed_run_keeps_the_loss_weights_it_saved_also_from_a_checkpoint_th
 
 def test_only_rank_0_continues_its_saved_random_streams_the_others_draw_their_own(dataset):
     from training.checkpointing import TrainerState
-    from training.loops import BatchSampler, restore_rng
+    from training.sampler import BatchSampler, restore_rng
 
     config = config_for(dataset, "unused")
     saved = BatchSampler(ClipDataset(dataset), config, ["yaw"], rank=0)
@@ -183,7 +184,7 @@ def test_learning_rate_warms_up_then_decays():
 def test_control_batches_follow_the_model_order_with_extra_dropout(dataset):
     from model import CONTROL_NAMES
 
-    from training.loops import BatchSampler
+    from training.sampler import BatchSampler
 
     ds = ClipDataset(dataset)
     sampler = BatchSampler(ds, config_for(dataset, "unused", control_dropout=0.5, span_dropout=0.0),
@@ -205,8 +206,9 @@ def test_control_batches_follow_the_model_order_with_extra_dropout(dataset):
 def test_cached_clip_latents_give_the_same_loss_as_encoding_the_images(dataset):
     from model import CONTROL_NAMES, Generator, GeneratorConfig
 
+    from training.latents import ClipLatents
     from training.losses import TransformerLoss
-    from training.loops import BatchSampler, ClipLatents
+    from training.sampler import BatchSampler
 
     ds = ClipDataset(dataset)
     generator = Generator(GeneratorConfig(**MICRO)).eval()  # eval: no history noise, no control dropout
@@ -263,7 +265,7 @@ def test_a_decoder_only_vae_stage_keeps_the_latent_space_of_the_checkpoint_it_re
 
 
 def test_stage_one_draws_the_closed_eye_share_of_its_frames_from_blinks(dataset):
-    from training.loops import BatchSampler
+    from training.sampler import BatchSampler
 
     ds = ClipDataset(dataset)
     column = ds.controls.index("blink")
