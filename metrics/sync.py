@@ -17,10 +17,11 @@ has the figures and benchmarks/sync_validation.py reproduces them):
    over the tracks between the seen tracks and the prediction from the audio moved by that lag. The peak
    is the offset. The regressor's window reaches both ways, so the natural lead of mouth over voice is
    part of the fit: an in-sync video peaks at 0 with no separate constant.
-4. Confidence: the peak's z-score against the same correlation at circular shifts of the prediction
-   beyond the searched lags (the clip's own null: what this mouth correlates with speech it does not
-   follow). ~0-2.5 for unrelated speech (the maximum of the searched lags of a null curve), higher the
-   more clearly the audio drives the mouth.
+4. Confidence: the same correlation at every circular shift of the prediction beyond the searched lags
+   is the clip's own null (this mouth against speech it does not follow). The confidence is the peak
+   minus what chance picks as a peak (the mean maximum of the null over runs as long as the lag search),
+   in null standard deviations: ~0 for unrelated speech, higher the more clearly the audio drives the
+   mouth (1.5-6 for most corpus clips with their own speech).
 
 Limits: needs >= 2 s with a face on at least half the frames, >= 4 fps, and enough frames for a null
 beyond the lag search; the mouth-motion track needs the frames (or crops), without them four tracks
@@ -120,8 +121,8 @@ def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps
             or face.mean() < config.min_face_fraction):
         return None
     max_lag = min(config.max_lag, math.ceil(config.max_lag_s * fps))
-    null_shifts = [s for s in range(num_frames) if min(s, num_frames - s) >= max_lag + config.null_margin]
-    if len(null_shifts) < config.min_null_shifts:
+    first_null, last_null = max_lag + config.null_margin, num_frames - max_lag - config.null_margin  # circular shifts
+    if last_null - first_null + 1 < config.min_null_shifts:
         return None
     model = model or sync_model.shipped()
     if crops is None and frames is not None:
@@ -140,15 +141,15 @@ def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps
     # lag L pairs the mouth at frame t with the audio at t + L: audio that lags by L frames peaks there
     curve = np.array([_column_corr(seen, predicted[max_lag + lag:max_lag + lag + num_frames]) for lag in lags])
     at_zero = predicted[max_lag:max_lag + num_frames]
-    circular = np.array([_column_corr(seen, np.roll(at_zero, s, axis=0)) for s in range(num_frames)])
-    null = circular[null_shifts]
+    circular = np.array([_column_corr(seen, np.roll(at_zero, s, axis=0)) for s in range(num_frames)])  # (F,) by shift
+    null = circular[first_null:last_null + 1]
     if not np.isfinite(curve).all() or not np.isfinite(null).all():
         return None
     peak = int(np.argmax(curve))
     null_mean, null_std = float(null.mean()), float(null.std()) + 1e-9
     # what chance picks as a peak: the maximum of each run of len(lags) consecutive null shifts
-    starts = [s for s in null_shifts if s + len(lags) - 1 <= null_shifts[-1] and s + len(lags) - 1 in null_shifts]
-    chance = np.mean([circular[s:s + len(lags)].max() for s in starts]) if starts else null.max()
+    runs = [null[s:s + len(lags)].max() for s in range(len(null) - len(lags) + 1)]
+    chance = float(np.mean(runs)) if runs else float(null.max())
     return SyncResult(offset_frames=float(lags[peak]), confidence=float((curve[peak] - chance) / null_std),
                       lags=lags, curve=curve, raw_lag=int(lags[peak]), peak_correlation=float(curve[peak]),
                       null_mean=null_mean, null_std=null_std, chance_peak=float(chance))
