@@ -5,6 +5,7 @@ wait); so are a checkpoint whose weights disagree with its config and a run id t
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -82,3 +83,32 @@ def test_a_run_id_that_would_leave_the_output_is_refused(manifest, tmp_path, cap
         assert render_main([str(manifest), "--output", str(tmp_path / "o"), "--run-id", run_id]) == 2
         assert f"--run-id {run_id!r}: use letters, digits" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not list(tmp_path.parent.glob("x"))
+
+
+def test_dry_run_prints_what_would_render_skip_or_fail_and_writes_nothing(tmp_path, astronaut_png, speech_wav,
+                                                                          random_tiny_checkpoint, capsys):
+    from tests.pipelines.helpers import write_jsonl
+
+    shutil.copy(astronaut_png, tmp_path / "a.png")
+    os.mkfifo(tmp_path / "fifo.csv")
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "good", "portrait": "a.png", "audio": str(speech_wav)},
+        {"id": "missing", "portrait": "nope.png", "audio": str(speech_wav)},
+        {"id": "fifo", "portrait": "a.png", "audio": str(speech_wav), "controls": "fifo.csv"},
+        {"id": "http", "portrait": "http://127.0.0.1:1/x", "audio": str(speech_wav)},
+        {"id": "../x", "portrait": "a.png", "audio": str(speech_wav)},
+    ])
+    args = [str(manifest), "--output", str(tmp_path / "o"), "--checkpoint", str(random_tiny_checkpoint), "--dry-run",
+            "--allow-root", str(speech_wav.parent)]
+    assert render_main(args) == 1  # 4 of 5 rows would fail, beyond --max-failed-fraction 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    plan = {e["id"]: e for e in lines[:-1]}
+    assert [e["row"] for e in lines[:-1]] == [0, 1, 2, 3, 4]
+    assert plan["good"]["action"] == "render" and plan["good"]["error"] == ""
+    assert plan["missing"]["error"] == "row 1 (id 'missing'): portrait: file not found"
+    assert plan["fifo"]["error"] == "row 2 (id 'fifo'): controls: a FIFO, not a regular file"
+    assert "audio" not in plan["http"]["error"] and "portrait: scheme 'http' is not allowed" in plan["http"]["error"]
+    assert "unsafe id" in plan["../x"]["error"]
+    assert lines[-1]["counts"] == {"render": 1, "skip": 0, "fail": 4} and lines[-1]["model_version"].startswith("sha256:")
+    assert render_main(args + ["--max-failed-fraction", "0.8"]) == 0
+    assert not (tmp_path / "o").exists()  # nothing rendered, nothing written
