@@ -68,6 +68,8 @@ def split_uri(uri: str) -> tuple[str, str]:
 def normalize(uri: str) -> str:
     """A URI in the form the policy compares: local paths resolved (symlinks, '..'), keys with '..' folded."""
     scheme, rest = split_uri(uri)
+    if "\0" in uri:  # os.path raises ValueError on it; no file system or object store names one
+        raise InputError("a NUL character is not allowed in a path")
     if scheme == "file":
         return os.path.realpath(rest)
     return f"{scheme}://{posixpath.normpath(rest)}" if rest else f"{scheme}://"
@@ -97,6 +99,9 @@ class InputPolicy:
     @classmethod
     def for_manifest(cls, manifest_uri: str, roots: Iterable[str] = (), schemes: Iterable[str] = ()) -> InputPolicy:
         """The default policy of a manifest (its own folder, local paths and s3://) widened by `roots` and `schemes`."""
+        roots = list(roots)
+        if any(not r.strip() for r in roots):  # '' would resolve to the working directory: never meant
+            raise InputError("--allow-root '': give a folder or a URI prefix")
         extra = {s.lower().removesuffix("://") for s in schemes}
         bad = sorted(s for s in extra if not re.fullmatch(r"[a-z][a-z0-9+.-]*", s))
         if bad:
