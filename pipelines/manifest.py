@@ -154,8 +154,8 @@ def validate_rows(df: pd.DataFrame, manifest_uri: str,
         try:
             fps = float(_text(record.get("fps")) or DEFAULT_FPS)
             seed = int(float(_text(record.get("seed")) or 0))
-        except (ValueError, OverflowError) as e:  # int(float("1e400")) overflows
-            fail(f"fps/seed must be finite numbers ({e})")
+        except (ValueError, OverflowError):  # int(float("1e400")) overflows; the cell itself is not echoed
+            fail("fps/seed must be finite numbers")
             continue
         if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
             fail(f"seed {seed} outside [0, 2**63)")
