@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass
 
 import mlflow
-from mlflow.tracking import MlflowClient
 
 from metrics.compare import Comparison
+from metrics.tracking import open_client
 from nightly import tracking
 from nightly.attempts import file_hashes, recover_unrecorded_attempts, render_and_record
 from nightly.baseline import baseline_run, compare_with_baseline
@@ -82,7 +82,7 @@ def run_nightly(config: NightlyConfig) -> NightlyOutcome:
     # One store for the night, the render and compare: without a URI, MLflow's own (MLFLOW_TRACKING_URI, ...),
     # resolved here and passed on, since the render would otherwise switch to its default store.
     config = dataclasses.replace(config, tracking_uri=config.tracking_uri or mlflow.get_tracking_uri())
-    client = MlflowClient(config.tracking_uri)
+    client = open_client(config.tracking_uri)
 
     # INPUT: the catalog. OUTPUT: tonight's plan (content hashes against the ledger).
     hashed = hash_pairs(read_catalog(config.catalog_uri))

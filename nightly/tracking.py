@@ -31,6 +31,8 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+import metrics.tracking
+
 EXPERIMENT = "eartalk-nightly"
 
 TAG_JOB = "eartalk.job"                  # 'nightly' (docs/ARCHITECTURE.md)
@@ -74,8 +76,8 @@ def nightly_filter(scope: str, catalog: str | None = None, night: str | None = N
 
 
 def experiment_id(client: MlflowClient, name: str = EXPERIMENT) -> str:
-    experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    """The nightly experiment's id (created if missing, safe against a concurrent job creating it)."""
+    return metrics.tracking.experiment_id(client, name)
 
 
 def find_run(client: MlflowClient, experiments: str | list[str], filter_string: str) -> str | None:

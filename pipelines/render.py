@@ -324,11 +324,14 @@ def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_conf
     import mlflow
 
     from metrics.aggregate import aggregate_metrics
+    from metrics.tracking import DEFAULT_TRACKING_URI, experiment_id, open_client
 
-    mlflow.set_tracking_uri(config.tracking_uri or "sqlite:///mlflow.db")
-    mlflow.set_experiment(config.experiment)
+    tracking_uri = config.tracking_uri or DEFAULT_TRACKING_URI
+    experiment = experiment_id(open_client(tracking_uri), config.experiment)
+    mlflow.set_tracking_uri(tracking_uri)
     config_hash = hashlib.sha256(json.dumps(model_config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-    with mlflow.start_run(run_name=run_id) as run:
+    # the experiment goes to start_run, not set_experiment, so no experiment stays active in the process
+    with mlflow.start_run(experiment_id=experiment, run_name=run_id) as run:
         mlflow.log_params({"manifest_uri": config.manifest_uri, "checkpoint": checkpoint, "config_hash": config_hash,
                            "code_version": code_version(), "actors": config.actors,
                            "gpus_per_actor": config.gpus_per_actor, "max_failed_fraction": config.max_failed_fraction})

@@ -17,9 +17,11 @@ class Tracker:
         if self.active:
             import mlflow
 
+            from metrics.tracking import experiment_id, open_client
+
+            experiment = experiment_id(open_client(config.tracking_uri), config.experiment)
             mlflow.set_tracking_uri(config.tracking_uri)
-            mlflow.set_experiment(config.experiment)
-            run = mlflow.start_run()
+            run = mlflow.start_run(experiment_id=experiment)
             self.run_id = run.info.run_id
             mlflow.set_tags({"eartalk.job": "train", "eartalk.output_uri": config.output,
                              "eartalk.model_version": config.preset})
