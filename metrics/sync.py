@@ -47,6 +47,7 @@ class SyncConfig:
     min_fps: float = 4.0  # below this a syllable (~4-5 per second) falls between frames
     null_margin: int = 4  # frames between the searched lags and the null's circular shifts
     min_null_shifts: int = 8  # fewer circular shifts than this: no null, not measured
+    energy_weight: float = 0.5  # weight of the jaw-vs-speech-energy curve beside the regressor's (step 4)
 
     def __post_init__(self):
         if self.max_lag < 1:
@@ -54,6 +55,8 @@ class SyncConfig:
         if self.max_lag_s <= 0 or self.min_seconds <= 0 or self.min_fps <= 0:
             raise ValueError(f"max_lag_s, min_seconds and min_fps must be > 0, got {self.max_lag_s}, "
                              f"{self.min_seconds}, {self.min_fps}")
+        if self.energy_weight < 0:
+            raise ValueError(f"energy_weight must be >= 0, got {self.energy_weight}")
         if not 0 < self.min_face_fraction <= 1:
             raise ValueError(f"min_face_fraction must be in (0, 1], got {self.min_face_fraction}")
 
@@ -63,9 +66,9 @@ class SyncResult:
     offset_frames: float  # > 0: audio lags video
     confidence: float  # peak z-score against the clip's circular-shift null; ~0-2.5 for unrelated audio
     lags: np.ndarray = field(repr=False)  # (L,) frames
-    curve: np.ndarray = field(repr=False)  # (L,) mean correlation per lag
+    curve: np.ndarray = field(repr=False)  # (L,) combined lag curve, in null standard units
     raw_lag: int = 0  # the curve's peak (the model absorbs the natural lead, so this equals the offset)
-    peak_correlation: float = float("nan")  # the curve's value at the peak
+    peak_correlation: float = float("nan")  # the regressor's mean correlation at the peak
     null_mean: float = float("nan")  # mean and std of the circular-shift correlations
     null_std: float = float("nan")
     chance_peak: float = float("nan")  # mean maximum of the null over runs as long as the lag search
@@ -105,6 +108,71 @@ def _column_corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).mean(axis=0).mean())
 
 
+ENERGY_MELS = 40  # mel bands of the energy curve's spectrum (80-7600 Hz)
+ENERGY_BAND = (12, 30)  # mel bands summed: ~500-2600 Hz, the vowels' formants
+ENERGY_FFT = 512  # samples at 16 kHz = 32 ms; three windows spread over each frame's interval are averaged
+SYLLABLE_HZ = (1.0, 6.0)  # band-pass of the jaw and the band energy
+VOICED_FRACTION = 0.3  # voiced: energy above p20 + this x (p95 - p20)
+
+
+def _syllable_band(x: np.ndarray, fps: float) -> np.ndarray:
+    import scipy.signal
+
+    lo, hi = SYLLABLE_HZ[0], min(SYLLABLE_HZ[1], 0.45 * fps)
+    b, a = scipy.signal.butter(2, [lo / (fps / 2), hi / (fps / 2)], "band")
+    return scipy.signal.filtfilt(b, a, x - x.mean(), padlen=min(9, len(x) - 1))
+
+
+def frame_band_energy(audio: np.ndarray, sample_rate: int, fps: float, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per video frame: log energy of ENERGY_BAND and whether the frame is voiced (total energy high)."""
+    n_fft = ENERGY_FFT * sample_rate // 16000
+    hop = sample_rate / fps
+    centres = np.arange(num_frames) * hop + hop / 2
+    padded = np.pad(np.asarray(audio, np.float64), (n_fft // 2, max(n_fft, int(centres.max(initial=0)) + n_fft - len(audio))))
+    bank = mel_filterbank(n_fft, sample_rate, ENERGY_MELS, 80.0, 7600.0)
+    power = np.zeros((num_frames, n_fft // 2 + 1))
+    for offset in (-hop / 3, 0.0, hop / 3):  # a frame (33-45 ms) is longer than one 32 ms window
+        starts = np.clip((centres + offset).astype(np.int64), 0, None)
+        windows = padded[starts[:, None] + np.arange(n_fft)[None, :]]
+        power += np.abs(np.fft.rfft(windows * np.hanning(n_fft), axis=1)) ** 2 / 3
+    mel = power @ bank.T
+    energy = np.log(mel.sum(1) + 1e-8)
+    p20, p95 = np.percentile(energy, [20, 95])
+    return np.log(mel[:, ENERGY_BAND[0]:ENERGY_BAND[1]].sum(1) + 1e-8), energy > p20 + VOICED_FRACTION * (p95 - p20)
+
+
+def energy_curve(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, lags: np.ndarray,
+                 lead: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unlearned second opinion: correlation of the jaw opening with the speech's formant-band energy,
+    both band-passed to syllable rates, over voiced frames, at `lags` + `lead` frames; and (F,) the same
+    correlation (all frames) at every circular shift, for its null."""
+    iod = np.linalg.norm(landmarks[:, 36:42].mean(1) - landmarks[:, 42:48].mean(1), axis=1)
+    jaw = np.linalg.norm(landmarks[:, 8] - landmarks[:, 33], axis=1) / np.maximum(iod, 1e-6)
+    ok = np.isfinite(jaw)
+    idx = np.arange(len(jaw))
+    jaw = _syllable_band(np.interp(idx, idx[ok], jaw[ok]), fps)
+    band, voiced = frame_band_energy(audio, sample_rate, fps, len(jaw))
+    band = _syllable_band(band, fps)
+    n = len(jaw)
+    curve = []
+    for lag in lags + lead:  # audio at t + lag pairs with the jaw at t
+        if abs(lag) >= n - 10:
+            curve.append(np.nan)
+            continue
+        v, a, g = (jaw[:n - lag], band[lag:], voiced[lag:]) if lag >= 0 else (jaw[-lag:], band[:n + lag], voiced[:n + lag])
+        curve.append(np.corrcoef(v[g], a[g])[0, 1] if g.sum() >= 10 and v[g].std() > 1e-9 and a[g].std() > 1e-9 else np.nan)
+    jz, bz = sync_model.standardise(jaw[:, None])[:, 0], sync_model.standardise(band[:, None])[:, 0]
+    circular = np.array([float((jz * np.roll(bz, s)).mean()) for s in range(n)])
+    return np.array(curve), circular
+
+
+def energy_lead(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, max_lag: int = 15) -> float | None:
+    """Seconds the energy curve's peak sits after lag 0 on an in-sync clip (its natural lead), or None."""
+    lags = np.arange(-max_lag, max_lag + 1)
+    curve, _ = energy_curve(landmarks, audio, sample_rate, fps, lags, 0)
+    return float(lags[int(np.nanargmax(curve))] / fps) if np.isfinite(curve).any() else None
+
+
 def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float,
                  config: SyncConfig = SyncConfig(), frames: np.ndarray | None = None, crops: np.ndarray | None = None,
                  model: sync_model.SyncModel | None = None) -> SyncResult | None:
@@ -140,16 +208,28 @@ def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps
     lags = np.arange(-max_lag, max_lag + 1)
     # lag L pairs the mouth at frame t with the audio at t + L: audio that lags by L frames peaks there
     curve = np.array([_column_corr(seen, predicted[max_lag + lag:max_lag + lag + num_frames]) for lag in lags])
+    model_curve = curve
     at_zero = predicted[max_lag:max_lag + num_frames]
     circular = np.array([_column_corr(seen, np.roll(at_zero, s, axis=0)) for s in range(num_frames)])  # (F,) by shift
-    null = circular[first_null:last_null + 1]
-    if not np.isfinite(curve).all() or not np.isfinite(null).all():
+    if not np.isfinite(curve).all() or not np.isfinite(circular).all():
         return None
+    null = circular[first_null:last_null + 1]
+    # both opinions in their own null's standard units, summed: the regressor's and the jaw-energy curve's
+    curve = (curve - null.mean()) / (null.std() + 1e-9)
+    circular = (circular - null.mean()) / (null.std() + 1e-9)
+    if config.energy_weight > 0:
+        e_curve, e_circular = energy_curve(landmarks, audio, sample_rate, fps, lags, round(model.natural_lead_s * fps))
+        e_null = e_circular[first_null:last_null + 1]
+        if np.isfinite(e_curve).all() and np.isfinite(e_null).all() and e_null.std() > 1e-9:
+            curve = curve + config.energy_weight * (e_curve - e_null.mean()) / e_null.std()
+            circular = circular + config.energy_weight * (e_circular - e_null.mean()) / e_null.std()
+    null = circular[first_null:last_null + 1]
     peak = int(np.argmax(curve))
+    peak_correlation = float(model_curve[peak])
     null_mean, null_std = float(null.mean()), float(null.std()) + 1e-9
     # what chance picks as a peak: the maximum of each run of len(lags) consecutive null shifts
     runs = [null[s:s + len(lags)].max() for s in range(len(null) - len(lags) + 1)]
     chance = float(np.mean(runs)) if runs else float(null.max())
     return SyncResult(offset_frames=float(lags[peak]), confidence=float((curve[peak] - chance) / null_std),
-                      lags=lags, curve=curve, raw_lag=int(lags[peak]), peak_correlation=float(curve[peak]),
+                      lags=lags, curve=curve, raw_lag=int(lags[peak]), peak_correlation=peak_correlation,
                       null_mean=null_mean, null_std=null_std, chance_peak=float(chance))

@@ -68,6 +68,7 @@ class SyncModel:
     mean: np.ndarray  # (taps * n_mels,) design mean
     scale: np.ndarray  # (taps * n_mels,) design std
     weights: np.ndarray  # (taps * n_mels, len(TARGETS))
+    natural_lead_s: float = 0.08  # s the jaw-energy curve of in-sync speech peaks after lag 0 (median over the fit's clips)
     meta: dict = field(default_factory=dict)  # training command, clips, frames
 
     def predict(self, logmel: np.ndarray, fps: float, first_frame: int, num_frames: int) -> np.ndarray:
@@ -155,8 +156,13 @@ def visual_targets(landmarks: np.ndarray, crops: np.ndarray | None, fps: float, 
 def fit(examples: list[tuple[np.ndarray, np.ndarray | None, np.ndarray, int, float]],
         config: SyncModelConfig = SyncModelConfig(), meta: dict | None = None) -> SyncModel:
     """Ridge fit over in-sync examples (landmarks (F, 68, 2), crops (F, h, w) or None, audio, sample rate, fps)."""
-    X, Y = [], []
+    from .sync import energy_lead
+
+    X, Y, leads = [], [], []
     for landmarks, crops, audio, sample_rate, fps in examples:
+        lead = energy_lead(landmarks, audio, sample_rate, fps)
+        if lead is not None:
+            leads.append(lead)
         V = visual_targets(landmarks, crops, fps, config.highpass_hz)
         X.append(audio_design(log_mel(audio, sample_rate, config), fps, 0, len(V), config))
         Y.append(V)
@@ -168,7 +174,9 @@ def fit(examples: list[tuple[np.ndarray, np.ndarray | None, np.ndarray, int, flo
         rows = np.isfinite(Y[:, j])
         A = Xn[rows]
         weights[:, j] = np.linalg.solve(A.T @ A + config.ridge * np.eye(A.shape[1]), A.T @ Y[rows, j])
-    return SyncModel(config, mean, scale, weights, dict(meta or {}, frames=int(len(X))))
+    natural_lead_s = float(np.median(leads)) if leads else 0.0
+    return SyncModel(config, mean, scale, weights, natural_lead_s,
+                     dict(meta or {}, frames=int(len(X)), natural_lead_s_spread=float(np.std(leads)) if leads else None))
 
 
 def save(model: SyncModel, folder: str | Path) -> Path:
@@ -179,7 +187,7 @@ def save(model: SyncModel, folder: str | Path) -> Path:
     save_file({"mean": model.mean.astype(np.float32), "scale": model.scale.astype(np.float32),
                "weights": model.weights.astype(np.float32)}, str(folder / WEIGHTS_FILE))
     (folder / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, "targets": list(TARGETS), "config": asdict(model.config),
-                                                  "meta": model.meta}, indent=1) + "\n")
+                                                  "natural_lead_s": model.natural_lead_s, "meta": model.meta}, indent=1) + "\n")
     return folder
 
 
@@ -195,7 +203,7 @@ def load(folder: str | Path = SHIPPED) -> SyncModel:
     tensors = load_file(str(folder / WEIGHTS_FILE))
     config = SyncModelConfig(**spec["config"])
     model = SyncModel(config, tensors["mean"].astype(np.float64), tensors["scale"].astype(np.float64),
-                      tensors["weights"].astype(np.float64), spec.get("meta", {}))
+                      tensors["weights"].astype(np.float64), float(spec["natural_lead_s"]), spec.get("meta", {}))
     if model.weights.shape != (len(config.taps_s) * config.n_mels, len(TARGETS)):
         raise ValueError(f"{folder / WEIGHTS_FILE}: weights of shape {model.weights.shape} do not fit the config")
     return model
