@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from jobs.accept import main
+from model import AUDIO_SAMPLE_RATE
 from tests.conftest import trimmed_wav
 from training import acceptance
 from training.ingredients import align_portrait, load_rgb, load_speech
 from training.puppet import ControlTracks, num_video_frames, render_puppet_video
 
-SECONDS = 4.0
+SECONDS = 4.0  # of speech for the identity, yaw and blink renders
 FPS = acceptance.FPS
 
 
@@ -37,6 +38,14 @@ def english(shared_media, tmp_path_factory):
     return path, load_speech(path)
 
 
+@pytest.fixture(scope="module")
+def english_whole(shared_media):
+    """The whole held-out clip (5.6 s), as the sync check measures it: a sync offset read off a shorter
+    clip wanders by several frames (docs/sync.md, limits)."""
+    path = shared_media / "speech" / "english.wav"
+    return path, load_speech(path)
+
+
 def puppet(portrait, audio: np.ndarray, **tracks: np.ndarray) -> np.ndarray:
     """The puppet's video of `portrait` speaking `audio`, following the given control tracks."""
     controls = ControlTracks.neutral(num_video_frames(len(audio), FPS))
@@ -51,18 +60,19 @@ def speaking(biden, english):
     return puppet(biden, english[1])
 
 
-def test_sync_bar_passes_a_video_in_sync_and_fails_one_whose_mouth_lags_the_speech(biden, english, speaking, tmp_path):
-    path, audio = english
-    in_sync = acceptance.write_video(tmp_path / "in_sync.mp4", speaking, audio)
-    lag = 5 * 16000 // 25  # the mouth 5 frames behind its sound: beyond the bar's 2 frames
+def test_sync_bar_passes_a_video_in_sync_and_fails_one_whose_mouth_lags_the_speech(biden, english_whole, tmp_path):
+    path, audio = english_whole
+    in_sync = acceptance.write_video(tmp_path / "in_sync.mp4", puppet(biden, audio), audio)
+    lag = 5 * AUDIO_SAMPLE_RATE // 25  # the mouth 5 frames behind its sound: beyond the bar's 2 frames
     late = acceptance.write_video(tmp_path / "late.mp4", puppet(biden, np.pad(audio, (lag, 0))[:len(audio)]), audio)
 
     good = acceptance.sync_figures(in_sync, in_sync, path)
     # the puppet's mouth is a function of the speech: the measure reads its own video as in sync
-    assert abs(good["model"]["offset_frames"]) <= 1 and good["model"]["confidence"] > 0, good
+    assert abs(good["model"]["offset_frames"]) <= acceptance.MAX_SYNC_OFFSET and good["model"]["confidence"] > 0, good
     assert good["pass"]
     bad = acceptance.sync_figures(late, in_sync, path)
     assert bad["puppet"] == good["puppet"] and not bad["pass"], bad
+    assert bad["model"]["offset_frames"] <= good["model"]["offset_frames"] - 3, "the lag is read as such"
 
 
 def test_identity_bar_passes_the_portraits_own_face_and_fails_another_persons(biden, speaking, analyzer, shared_media):
@@ -94,30 +104,33 @@ def test_blink_bar_finds_commanded_blinks_and_fails_eyes_that_stay_open(biden, e
 
 
 def test_looped_speech_repeats_the_clip_to_the_asked_length():
-    clip = np.arange(16000, dtype=np.float32)
+    clip = np.arange(AUDIO_SAMPLE_RATE, dtype=np.float32)  # 1 s
     audio = acceptance.looped(clip, 2.5)
-    assert len(audio) == 40000 and np.array_equal(audio[16000:32000], clip) and audio[-1] == clip[7999]
+    assert len(audio) == 2.5 * AUDIO_SAMPLE_RATE and np.array_equal(audio[AUDIO_SAMPLE_RATE:2 * AUDIO_SAMPLE_RATE], clip)
+    assert audio[-1] == clip[AUDIO_SAMPLE_RATE // 2 - 1]
 
 
 @pytest.mark.slow
 def test_accept_measures_every_bar_and_surveys_more_speech(tmp_path, shared_media):
-    english = trimmed_wav(shared_media / "speech" / "english.wav", tmp_path / "english.wav", 3.0)
     german = trimmed_wav(shared_media / "speech" / "german.wav", tmp_path / "german.wav", 3.0)
     output = tmp_path / "acc"
-    code = main(["--media", str(shared_media), "--speech", str(english), "--output", str(output),
+    # the default portrait and speech (biden.jpg, the whole english.wav) under --media
+    code = main(["--media", str(shared_media), "--output", str(output),
                  "--long-seconds", "4", "--blink-seconds", "4", "--more-speech", str(german)])
     report = json.loads((output / "acceptance.json").read_text())
     assert code == (0 if report["all_pass"] else 1)
     assert report["portrait"] == str(shared_media / "portraits" / "biden.jpg")
+    assert report["speech"] == str(shared_media / "speech" / "english.wav")
     for name in ("sync_model.mp4", "sync_puppet.mp4", "sync_german_model.mp4", "sync_german_puppet.mp4",
                  "identity_long.mp4", "yaw_sweep.mp4", "blinks.mp4"):
         assert (output / name).stat().st_size > 1000, name
     # the puppet's mouth is a function of the speech: the harness must read its own video as in sync
-    for clip in (report["sync"], report["sync_survey"]["clips"][0]):
-        assert abs(clip["puppet"]["offset_frames"]) <= 1 and clip["puppet"]["confidence"] > 0, clip
+    puppet = report["sync"]["puppet"]
+    assert abs(puppet["offset_frames"]) <= acceptance.MAX_SYNC_OFFSET and puppet["confidence"] > 0, puppet
+    assert report["sync_survey"]["clips"][0]["puppet"]["confidence"] > 0  # a 3 s clip: measured, its offset noisy
     assert report["sync_survey"]["of"] == 1 and report["sync_survey"]["clips"][0]["speech"] == str(german)
     assert report["identity"]["frames_sampled"] == 20  # 4 s at 25 fps, every 5th frame
-    assert report["blinks"]["commanded"] == 2  # the 3 s clip looped to 4 s: blinks at 0.8 s and 2.4 s
+    assert report["blinks"]["commanded"] == 2  # the first 4 s of the clip: blinks at 0.8 s and 2.4 s
     # the shipped checkpoint keeps the held-out face's identity (dlib's same-person threshold)
     assert report["identity"]["fraction_below_0.6"] >= 0.95
 
