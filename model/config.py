@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 
+HEADS = ("regression", "flow")  # GeneratorConfig.head's choices
 AUDIO_SAMPLE_RATE = 16_000  # Hz: every audio tensor the model sees is mono at this rate
 # loss weights that checkpoints written before training/config.py existed carry in their config.json:
 # read and dropped, since they never shaped the weights (training.config.LossConfig holds them now)
@@ -109,18 +110,32 @@ class GeneratorConfig:
     # ---- Sink Frame Window Attention policy (streaming-llm's start_size / recent_size)
     sink_frames: int = 1  # reference frames kept forever at the start of the cache
     window_frames: int = 8  # most recent frame blocks attended to, the current one included
+    # ---- output head (generator.py): "regression" predicts each frame token's latent delta from the
+    # portrait's latent; "flow" samples it with a per-token flow-matching MLP (flow_head.py)
+    head: str = "regression"
+    flow_width: int = 256  # hidden width of the flow head's MLP
+    flow_layers: int = 3  # adaLN residual blocks in the flow head
+    flow_steps: int = 4  # Euler steps per frame token when sampling
+    flow_noise_std: float = 1.0  # std of the noise the flow path starts from, in latent units
 
     def __post_init__(self) -> None:
         if isinstance(self.vae_channels, list):  # JSON and callers may hand a list; the frozen config keeps a tuple
             object.__setattr__(self, "vae_channels", tuple(self.vae_channels))
         for name in ("image_size", "latent_channels", "latent_patch", "n_mels", "audio_tokens", "d_model",
-                     "n_layers", "n_heads", "sink_frames", "window_frames"):
+                     "n_layers", "n_heads", "sink_frames", "window_frames", "flow_width", "flow_layers",
+                     "flow_steps"):
             check_int(name, getattr(self, name), low=1)
-        for name in ("mel_hop_ms", "audio_context_ms", "mlp_ratio", "rope_base"):
+        for name in ("mel_hop_ms", "audio_context_ms", "mlp_ratio", "rope_base", "flow_noise_std"):
             check_number(name, getattr(self, name), positive=True)
         check_number("audio_lead_ms", self.audio_lead_ms)
         for name in ("vae_lid_layer", "audio_level", "audio_mouth"):
             check_bool(name, getattr(self, name))
+        if self.head not in HEADS:
+            raise ConfigError("head", f"{{head}} must be one of {', '.join(HEADS)}, got {_shown(self.head)}")
+        if self.head == "flow" and self.audio_mouth:
+            # the audio-to-mouth path adds a deterministic delta; the flow head samples the whole delta
+            raise ConfigError("audio_mouth", "{audio_mouth} adds to the regression head's delta; "
+                              "the flow head ({head} = 'flow') samples the whole delta itself")
         if not isinstance(self.vae_channels, tuple) or len(self.vae_channels) < 2 or any(
                 isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.vae_channels):
             # the decoder predicts its flow at the second-finest scale, so there are at least two stages

@@ -6,21 +6,23 @@ Pipeline per frame t (block b = t + 1; block 0 is the reference portrait, the at
     audio around frame t                                 -> A audio tokens ├─ block (Pb = P + A + C tokens)
     controls of frame t (absent -> learned embedding)    -> C control tokens┘
     block -> SFA transformer (KV cache: sink blocks + ring of window blocks) -> hidden of the P frame tokens
-          -> head -> latent delta; frame t latent = portrait latent + delta
+          -> head -> latent delta (regressed, or sampled by the flow head); frame t latent = portrait latent + delta
           -> VAE decoder against the portrait (warp + paint, frame_vae.py) -> RGB frame
 
 Shapes: B batch, F frames, P latent tokens per frame, A audio and C control tokens per frame, Pb tokens
 per frame block, d_model token width, Cl latent channels, L latent grid side, S image side.
 
-Design note, the output head: a deterministic regression head in the VAE's latent space, predicting each
-frame's latent as the reference latent plus a delta. Why: (1) the tiny preset must train in under an hour
-on 2 CPU cores and render faster than real time there, which rules out a diffusion / flow-matching head's
-tens of denoising steps per frame; (2) anchoring every frame on the portrait's latent keeps identity by
-construction, with the SFA sink reinforcing it; (3) the autoregressive rollout's exposure bias is fought in
-training (training/losses.py: noise on the history, and clips trained on the model's own rollout). The
-cost: a regression head predicts the mean motion, so mouth shapes are slightly averaged.
-`RenderRequest.seed` is accepted for interface stability; this head draws no random numbers, so output is
-identical for every seed.
+Design note, the output head (`GeneratorConfig.head`): both heads predict each frame's latent as the
+reference latent plus a delta, since anchoring every frame on the portrait's latent keeps identity by
+construction, with the SFA sink reinforcing it. "regression" (the shipped checkpoint's) maps each frame
+token's hidden state to its delta with one linear layer, trained with squared error: it predicts the mean
+of the motions that fit the sound, and the mean of many mouth shapes is near closed. "flow" samples the
+delta with a small per-token MLP denoiser (flow_head.py, MAR / DyStream style), a few steps of that MLP per
+frame and not of the transformer, so CPU real time stays within reach; `RenderRequest.seed` seeds its
+noise, one generator per request: the same seed gives the same video, different seeds different videos.
+The regression head draws no random numbers, so its output is identical for every seed. The rollout's
+exposure bias is fought in training (training/losses.py: noise on the history, clips trained on the
+model's own rollout).
 
 Departures from the paper: frames are single VAE latents rather than a discrete tokenizer; control
 values use fixed ranges (controls.py).
@@ -39,6 +41,7 @@ from .audio_encoder import AudioEncoder
 from .config import AUDIO_SAMPLE_RATE, GeneratorConfig
 from .controls import CONTROL_NAMES, ControlEmbedding, stack_controls
 from .face_regions import region_cells
+from .flow_head import FlowHead, TokenNoise, draw_noise
 from .frame_vae import FrameVAE
 from .kv_cache import KVCache
 from .transformer import FrameTransformer
@@ -50,7 +53,7 @@ class RenderRequest:
     audio: torch.Tensor  # (N,) float32 mono at 16 kHz
     fps: float = 25.0  # frames per second of the output video
     controls: dict[str, torch.Tensor] | None = None  # name -> (F,) per-frame values, NaN = absent
-    seed: int = 0  # accepted for interface stability; the regression head is deterministic
+    seed: int = 0  # seeds the flow head's noise (same seed, same video); the regression head ignores it
 
 
 def num_frames_for(num_samples: int, fps: float) -> int:
@@ -74,9 +77,13 @@ class Generator(nn.Module):
         self.audio_type = nn.Parameter(torch.randn(width) * 0.02)
         # the reference block has no audio or controls: learned tokens fill those places
         self.reference_fill = nn.Parameter(torch.randn(config.audio_tokens + len(CONTROL_NAMES), width) * 0.02)
-        self.head = nn.Linear(width, config.token_features)
-        nn.init.zeros_(self.head.weight)  # start as "the portrait, unmoved"
-        nn.init.zeros_(self.head.bias)
+        if config.head == "flow":
+            self.flow_head = FlowHead(config.token_features, width, config.flow_width, config.flow_layers,
+                                      config.flow_steps, config.flow_noise_std)
+        else:
+            self.head = nn.Linear(width, config.token_features)
+            nn.init.zeros_(self.head.weight)  # start as "the portrait, unmoved"
+            nn.init.zeros_(self.head.bias)
         if config.audio_mouth:
             # the audio window alone carries the mouth's opening; this linear path takes it straight to the
             # mouth and chin's cells instead of through attention over the whole block
@@ -144,10 +151,14 @@ class Generator(nn.Module):
         frame = self.frame_in(self.patchify(prev_latents)) + self.frame_pos + self.frame_type  # (B, F, P, d_model)
         return torch.cat((frame, audio_tokens + self.audio_type, control_tokens), dim=2)
 
-    def predict_latents(self, hidden: torch.Tensor, ref_latent: torch.Tensor, audio_tokens: torch.Tensor) -> torch.Tensor:
+    def predict_latents(self, hidden: torch.Tensor, ref_latent: torch.Tensor, audio_tokens: torch.Tensor,
+                        noise: TokenNoise | None = None) -> torch.Tensor:
         """Hidden states of frame blocks (B, F, Pb, d_model) and their audio tokens (B, F, A, d_model)
-        -> latents (B, F, Cl, L, L)."""
+        -> latents (B, F, Cl, L, L). The flow head draws its noise from `noise` (the global RNG without)."""
         P = self.config.frame_tokens
+        if self.config.head == "flow":
+            delta = self.unpatchify(self.sample_deltas(hidden[:, :, :P], noise))  # (B, F, Cl, L, L)
+            return ref_latent[:, None] + delta
         delta = self.unpatchify(self.head(hidden[:, :, :P]))  # (B, F, Cl, L, L)
         if self.config.audio_mouth:
             B, F, Cl, L, _ = delta.shape
@@ -156,6 +167,17 @@ class Generator(nn.Module):
             grid[..., self.mouth_index] = mouth
             delta = delta + grid.view_as(delta)
         return ref_latent[:, None] + delta
+
+    def sample_deltas(self, frame_hidden: torch.Tensor, noise: TokenNoise | None) -> torch.Tensor:
+        """The flow head's samples for frame tokens' hidden states (B, F, P, d_model) -> deltas (B, F, P, K).
+
+        Noise is drawn frame by frame, as the streaming rollout draws it, so a teacher-forced pass and the
+        rollout with the same seeds use the same numbers for the same frame.
+        """
+        B, F, P = frame_hidden.shape[:3]
+        x0 = torch.stack([draw_noise(noise, B, (P, self.config.token_features), frame_hidden.device,
+                                     frame_hidden.dtype) for _ in range(F)], dim=1)  # (B, F, P, K)
+        return self.flow_head.sample(frame_hidden, x0)
 
     def condition_tokens(self, requests: list[RenderRequest], num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio and control tokens for every frame of every request: (B, F, A, d_model), (B, F, C, d_model).
@@ -186,16 +208,18 @@ class Generator(nn.Module):
         portraits = torch.stack([r.portrait for r in requests]).to(self.device, self.dtype)  # (B, 3, S, S)
         reference = self.vae.reference(portraits)  # the portraits' latents and decoder features, once
         audio_tokens, control_tokens = self.condition_tokens(requests, total)
-        for latent in self.rollout(reference.latent, audio_tokens, control_tokens):
+        noise = TokenNoise([r.seed for r in requests]) if self.config.head == "flow" else None
+        for latent in self.rollout(reference.latent, audio_tokens, control_tokens, noise):
             yield self.vae.decode(latent, reference)
 
-    def rollout(self, ref_latent: torch.Tensor, audio_tokens: torch.Tensor,
-                control_tokens: torch.Tensor) -> Iterator[torch.Tensor]:
+    def rollout(self, ref_latent: torch.Tensor, audio_tokens: torch.Tensor, control_tokens: torch.Tensor,
+                noise: TokenNoise | None = None) -> Iterator[torch.Tensor]:
         """The autoregressive loop in latent space: yield each frame's latent (B, Cl, L, L) in turn.
 
         ref_latent (B, Cl, L, L); audio (B, F, A, d_model) and control tokens (B, F, C, d_model) for F
         frames. Each frame's block holds the previous frame's own prediction (the portrait for frame 0),
-        as in inference; training's self-forcing (training/losses.py) uses it too, under no_grad.
+        as in inference; training's self-forcing (training/losses.py) uses it too, under no_grad. The flow
+        head draws from `noise` (one generator per video), or from the global RNG without it.
         """
         cache = self.new_cache(ref_latent.shape[0])
         self.transformer.forward_cached(self.reference_block(ref_latent), cache, block=0)  # prefill the sink
@@ -203,7 +227,7 @@ class Generator(nn.Module):
         for t in range(audio_tokens.shape[1]):
             block = self.frame_blocks(prev[:, None], audio_tokens[:, t : t + 1], control_tokens[:, t : t + 1])[:, 0]
             hidden = self.transformer.forward_cached(block, cache, block=t + 1)  # (B, Pb, d_model)
-            prev = self.predict_latents(hidden[:, None], ref_latent, audio_tokens[:, t : t + 1])[:, 0]
+            prev = self.predict_latents(hidden[:, None], ref_latent, audio_tokens[:, t : t + 1], noise)[:, 0]
             yield prev
 
     def new_cache(self, batch: int) -> KVCache:
@@ -211,17 +235,24 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------ reference path
     def forward_full(self, ref_latent: torch.Tensor, prev_latents: torch.Tensor,
-                     audio_tokens: torch.Tensor, control_tokens: torch.Tensor) -> torch.Tensor:
+                     audio_tokens: torch.Tensor, control_tokens: torch.Tensor,
+                     noise: TokenNoise | None = None) -> torch.Tensor:
         """Teacher forcing over a whole clip under the explicit SFA mask (no cache).
 
         ref_latent (B, Cl, L, L); prev_latents (B, F, Cl, L, L) = latents of frames -1..F-2 (frame -1 is
         the portrait); audio (B, F, A, d_model); controls (B, F, C, d_model)
-        -> predicted latents (B, F, Cl, L, L).
+        -> predicted latents (B, F, Cl, L, L) (sampled with `noise` by the flow head).
         """
+        hidden = self.hidden_full(ref_latent, prev_latents, audio_tokens, control_tokens)
+        return self.predict_latents(hidden, ref_latent, audio_tokens, noise)
+
+    def hidden_full(self, ref_latent: torch.Tensor, prev_latents: torch.Tensor,
+                    audio_tokens: torch.Tensor, control_tokens: torch.Tensor) -> torch.Tensor:
+        """forward_full's transformer pass: the frame blocks' hidden states (B, F, Pb, d_model), what the
+        head reads (and what the flow head's training loss conditions on)."""
         B, F = prev_latents.shape[:2]
         blocks = torch.cat((self.reference_block(ref_latent)[:, None],
                             self.frame_blocks(prev_latents, audio_tokens, control_tokens)),
                            dim=1)  # (B, 1+F, Pb, d_model)
         hidden = self.transformer.forward_full(blocks.flatten(1, 2), num_blocks=F + 1)  # (B, (1+F)*Pb, d_model)
-        hidden = hidden.view(B, F + 1, self.block_tokens, -1)[:, 1:]  # (B, F, Pb, d_model)
-        return self.predict_latents(hidden, ref_latent, audio_tokens)
+        return hidden.view(B, F + 1, self.block_tokens, -1)[:, 1:]  # (B, F, Pb, d_model)
