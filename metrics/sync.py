@@ -14,14 +14,18 @@ has the figures and benchmarks/sync_validation.py reproduces them):
    band's energy does not: the old energy-vs-jaw correlation recovered shifts but read unrelated speech
    nearly as confidently as the right one.
 3. Lag curve: for each lag within +-max_lag frames (at most +-max_lag_s), the mean Pearson correlation
-   over the tracks between the seen tracks and the prediction from the audio moved by that lag. The peak
-   is the offset. The regressor's window reaches both ways, so the natural lead of mouth over voice is
-   part of the fit: an in-sync video peaks at 0 with no separate constant.
-4. Confidence: the same correlation at every circular shift of the prediction beyond the searched lags
-   is the clip's own null (this mouth against speech it does not follow). The confidence is the peak
-   minus what chance picks as a peak (the mean maximum of the null over runs as long as the lag search),
-   in null standard deviations: ~0 for unrelated speech, higher the more clearly the audio drives the
-   mouth (1.5-6 for most corpus clips with their own speech).
+   over the tracks between the seen tracks and the prediction from the audio moved by that lag. The
+   regressor's window reaches both ways, so the natural lead of mouth over voice is part of its fit.
+4. Second opinion: the jaw opening against the speech's formant-band (~500-2600 Hz) log energy, both
+   band-passed to 1-6 Hz, over voiced frames, at each lag plus the natural lead (the median peak of
+   this curve on the fit's in-sync clips, stored with the regressor). It shares no weights with step 3
+   and the two fail on different clips: summed, every corpus clip but one tracks shifts.
+5. Null: both correlations at every circular shift beyond the searched lags (this mouth against speech
+   it does not follow). Each curve is put in its own null's standard units, the second weighted by
+   energy_weight, and summed; the peak of the sum is the offset. The confidence is that peak minus what
+   chance picks as a peak (the mean maximum of the summed null over runs as long as the lag search), in
+   the summed null's standard deviations: ~0 for unrelated speech, higher the more clearly the audio
+   drives the mouth.
 
 Limits: needs >= 2 s with a face on at least half the frames, >= 4 fps, and enough frames for a null
 beyond the lag search; the mouth-motion track needs the frames (or crops), without them four tracks
