@@ -3,7 +3,9 @@
 Stage 1, `vae_loss`: the frame VAE reconstructs frames against their clips' portraits (its decoder
 warps the portrait). Stage 2, `transformer_loss`: with the VAE frozen, the rest of the generator
 predicts each frame's latent from the previous one (teacher forcing under the SFA mask), controls
-hidden at random so that absent controls leave the model free (FCIC's "control dropout").
+hidden at random so that absent controls leave the model free (FCIC's "control dropout"). With the flow
+head (GeneratorConfig.head = "flow") the prediction is scored by flow matching instead of squared error
+(`flow_matching_error`).
 
 Shapes: B batch, F frames, S image side, Cl latent channels, L latent grid side, d_model token width.
 """
@@ -71,6 +73,39 @@ def vae_loss(vae: nn.Module, losses: LossConfig, frames: torch.Tensor, portraits
     return {"total": total, **out}
 
 
+def flow_matching_error(head: nn.Module, cond: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error (..., K) of the flow head's velocity on the straight path from noise to `target`.
+
+    cond (..., D) hidden states, target (..., K) token deltas. Per token: t ~ U[0, 1],
+    x_0 ~ N(0, noise_std^2), x_t = (1 - t) x_0 + t x_1; the velocity to regress is x_1 - x_0 (rectified flow).
+    """
+    x0 = torch.randn_like(target) * head.noise_std
+    t = torch.rand(target.shape[:-1], device=target.device, dtype=target.dtype)  # (...)
+    xt = (1 - t[..., None]) * x0 + t[..., None] * target
+    return (head.velocity(xt, t, cond) - (target - x0)).pow(2)
+
+
+def flow_transformer_loss(generator: nn.Module, losses: LossConfig, ref: torch.Tensor, target: torch.Tensor,
+                          prev: torch.Tensor, audio_tokens: torch.Tensor,
+                          control_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Stage 2's loss for the flow head: flow matching of each frame token's delta from the portrait.
+
+    Latents ref (B, Cl, L, L), target and history prev (B, F, Cl, L, L). The regression loss's weights on
+    what moved (`motion_mse`, `change_weight`) depend on the target, so under flow matching they would tilt
+    the learned distribution towards large motions; the mouth term's weight depends on the cell only, so it
+    stays (`mouth_weight`).
+    """
+    P = generator.config.frame_tokens
+    hidden = generator.hidden_full(ref, prev, audio_tokens, control_tokens)[:, :, :P]  # (B, F, P, d_model)
+    deltas = generator.patchify(target - ref[:, None])  # (B, F, P, K)
+    squared = flow_matching_error(generator.flow_head, hidden, deltas)  # (B, F, P, K)
+    flow_mse = squared.mean()
+    cells = region_cells(target.shape[-1]).to(target.device, target.dtype)  # (L, L)
+    mouth = generator.patchify(cells.expand(target.shape[2], -1, -1))  # (P, K)
+    mouth_mse = weighted_mean(squared, mouth)
+    return {"total": flow_mse + losses.mouth_weight * mouth_mse, "flow_mse": flow_mse, "mouth_mse": mouth_mse}
+
+
 def self_forced_history(generator: nn.Module, share: float, prev: torch.Tensor, ref: torch.Tensor,
                         audio_tokens: torch.Tensor, control_tokens: torch.Tensor) -> torch.Tensor:
     """Replace the teacher-forced history of a random `share` of clips by the model's own rollout.
@@ -130,6 +165,8 @@ def transformer_loss(generator: nn.Module, losses: LossConfig, portrait: torch.T
         prev = self_forced_history(generator, losses.self_forcing, prev, ref, audio_tokens, control_tokens)
     if generator.training and losses.history_noise > 0:
         prev = prev + torch.randn_like(prev) * losses.history_noise * target.std()
+    if generator.config.head == "flow":
+        return flow_transformer_loss(generator, losses, ref, target, prev, audio_tokens, control_tokens)
     pred = generator.forward_full(ref, prev, audio_tokens, control_tokens)
     squared = (pred - target).pow(2)
     latent_mse = squared.mean()
