@@ -4,7 +4,7 @@ it lands in the ledger, rendered or not.
 Storage layout of an attempt (OUTPUT/nightly/<date>/attempt-NN/)::
 
     manifest.jsonl   the pairs rendered by that attempt
-    videos/<id>.mp4  written by the render job
+    videos/<run>/<id>.mp4  written by the render job (<run> = the attempt's render run id)
     results/...      the render job's results Parquet
 
 An attempt's render run id is `nightly-<date>-aNN`, so a re-run after a crash resumes the same render

@@ -3,9 +3,12 @@
 `run_render(RenderConfig(...))` is what `eartalk render` / `python -m jobs.render` and the nightly call.
 Outputs under `output_uri`:
 
-    videos/<id>.mp4              H.264 yuv420p + AAC of the input speech, published only when complete
+    videos/<run_id>/<id>.mp4     H.264 yuv420p + AAC of the input speech, published only when complete
     state/<run_id>/<id>.json     a row's final result, published once, after its video (resume reads these)
     results/<run_id>.parquet     one row per manifest row (ok / failed / skipped), metrics.schema columns
+
+Everything a run writes is keyed by its run id, so two jobs on one output with overlapping row ids never
+overwrite each other's videos: each results table describes its own job's files.
 
 Re-running with the same run id skips rows whose video and state record exist (status 'skipped',
 previous figures kept). Every side effect goes to a deterministic key, so Ray's task retries and actor
@@ -141,7 +144,7 @@ def previous_results(rows, config: RenderConfig, run_id: str, options) -> dict[s
     done = {}
     for r in rows:
         state = state_uri(config.output_uri, run_id, r.id)
-        if storage.exists(state, options) and storage.exists(video_uri(config.output_uri, r.id), options):
+        if storage.exists(state, options) and storage.exists(video_uri(config.output_uri, run_id, r.id), options):
             saved = json.loads(storage.read_bytes(state, options))
             if saved.get("status") == "ok":
                 done[r.id] = saved

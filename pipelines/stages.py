@@ -22,14 +22,14 @@ from .inputs import MAX_AUDIO_BYTES, MAX_CONTROLS_BYTES, MAX_IMAGE_BYTES, MAX_VI
 from .controls import ControlTrackError, parse_control_track, tracks_from_json, tracks_to_json
 
 STATE_DIR = "state"  # <output>/state/<run_id>/<id>.json: a row's final result, written by the last stage
-VIDEO_DIR = "videos"  # <output>/videos/<id>.mp4
+VIDEO_DIR = "videos"  # <output>/videos/<run_id>/<id>.mp4: per run, so two jobs on one output never share a video
 HEAVY_COLUMNS = ("portrait_rgb", "audio_pcm", "controls_json")  # stage inputs, never part of a row's record
 # what the render actor drops once consumed; controls_json (a few floats per frame) goes on to the metrics
 RENDER_INPUT_COLUMNS = ("portrait_rgb", "audio_pcm")
 
 
-def video_uri(output_uri: str, row_id: str) -> str:
-    return storage.join(output_uri, VIDEO_DIR, f"{row_id}.mp4")
+def video_uri(output_uri: str, run_id: str, row_id: str) -> str:
+    return storage.join(output_uri, VIDEO_DIR, run_id, f"{row_id}.mp4")
 
 
 def state_uri(output_uri: str, run_id: str, row_id: str) -> str:
@@ -182,7 +182,7 @@ class RenderActor:
     def publish(self, r: dict, local: Path, render_s: float, encode_s: float) -> None:
         """Upload the finished MP4 (to a deterministic key: retries overwrite) and fill in the row's result."""
         t0 = time.perf_counter()
-        uri = video_uri(self.output_uri, r["id"])
+        uri = video_uri(self.output_uri, self.run_id, r["id"])
         storage.publish_file(local, uri, self.options)
         r.update(status="ok", output_uri=uri, frames=int(r["num_frames"]), fps=float(r["fps"]),
                  duration_s=r["num_frames"] / float(r["fps"]), width=self.size, height=self.size,

@@ -36,7 +36,7 @@ def crashed_night(tmp_path: Path, shared_media: Path, **options) -> NightlyConfi
     attempt = config.attempt_uri(1)
     write_manifest(rows, storage.join(attempt, "manifest.jsonl"))
     for row in rows:
-        video = video_uri(attempt, row["id"])
+        video = video_uri(attempt, f"nightly-{NIGHT}-a01", row["id"])
         storage.publish_bytes(b"an mp4 from the first try", video)
         storage.publish_bytes(json.dumps({"id": row["id"], "status": "ok", "error": "", "output_uri": video,
                                           "model_version": "tiny-1", "frames": 25}).encode(),

@@ -110,13 +110,13 @@ def test_good_rows_render_and_every_hostile_row_fails_alone_with_its_cause(rende
     df = read_results(str(rendered["out"] / "results" / "hostile.parquet")).set_index("id")
     assert sorted(df.index[df.status == "ok"]) == ["good", "good-nod"]
     for row_id in ("good", "good-nod"):
-        check_video(rendered["out"] / "videos" / f"{row_id}.mp4", expected_audio_s=1.2)
+        check_video(rendered["out"] / "videos" / "hostile" / f"{row_id}.mp4", expected_audio_s=1.2)
     for row_id, cause in EXPECTED_ERRORS.items():
         assert df.loc[row_id, "status"] == "failed", row_id
         error = df.loc[row_id, "error"]
         assert f"(id {row_id!r})" in error and cause in error, (row_id, error)
     assert len(df) == 2 + len(EXPECTED_ERRORS)
-    assert sorted(p.name for p in (rendered["out"] / "videos").iterdir()) == ["good-nod.mp4", "good.mp4"]
+    assert sorted(p.name for p in (rendered["out"] / "videos" / "hostile").iterdir()) == ["good-nod.mp4", "good.mp4"]
 
 
 def test_no_planted_secret_reaches_any_output_log_or_mlflow_record(rendered, hostile, ray_local):

@@ -36,10 +36,10 @@ def assert_every_row_exactly_once(out: Path, run_id: str, ids: list[str]) -> Non
     df = pd.read_parquet(out / "results" / f"{run_id}.parquet")
     assert sorted(df["id"]) == sorted(ids)
     assert (df["status"] == "ok").all(), df[["id", "status", "error"]]
-    assert sorted(p.name for p in (out / "videos").iterdir()) == sorted(f"{i}.mp4" for i in ids)
+    assert sorted(p.name for p in (out / "videos" / run_id).iterdir()) == sorted(f"{i}.mp4" for i in ids)
     assert sorted(p.name for p in (out / "state" / run_id).iterdir()) == sorted(f"{i}.json" for i in ids)
     for i in ids:
-        check_video(out / "videos" / f"{i}.mp4", expected_audio_s=1.0)
+        check_video(out / "videos" / run_id / f"{i}.mp4", expected_audio_s=1.0)
 
 
 def stop_cluster(temp_dir: str) -> None:

@@ -82,8 +82,8 @@ def test_good_rows_render_to_checked_mp4s_and_bad_rows_fail_with_their_cause(fir
     assert len(df) == 12  # one result row per manifest row
     ok = df[df.status == "ok"].set_index("id")
     assert sorted(ok.index) == ["astronaut", "obama2-de"]
-    check_video(first_run["out"] / "videos" / "astronaut.mp4", expected_audio_s=2.0)
-    check_video(first_run["out"] / "videos" / "obama2-de.mp4", expected_audio_s=1.5)
+    check_video(first_run["out"] / "videos" / "run1" / "astronaut.mp4", expected_audio_s=2.0)
+    check_video(first_run["out"] / "videos" / "run1" / "obama2-de.mp4", expected_audio_s=1.5)
     assert ok.loc["astronaut", "frames"] == 50 and ok.loc["obama2-de", "frames"] == 38
     assert ok.loc["astronaut", "language"] == "en"  # free-form tags carried through
     failed = df[df.status == "failed"]
@@ -92,8 +92,8 @@ def test_good_rows_render_to_checked_mp4s_and_bad_rows_fail_with_their_cause(fir
         assert cause in error and row_id in error, (row_id, error)
     assert "duplicate id" in failed.loc[failed.id == "astronaut", "error"].item()
     assert "unsafe id" in failed.loc[failed.id == "../x", "error"].item()
-    assert not (first_run["out"] / "videos" / "no-face.mp4").exists()  # nothing half-written published
-    assert sorted(p.name for p in (first_run["out"] / "videos").iterdir()) == ["astronaut.mp4", "obama2-de.mp4"]
+    assert not (first_run["out"] / "videos" / "run1" / "no-face.mp4").exists()  # nothing half-written published
+    assert sorted(p.name for p in (first_run["out"] / "videos" / "run1").iterdir()) == ["astronaut.mp4", "obama2-de.mp4"]
 
 
 def test_exit_code_is_1_when_failures_exceed_the_allowed_fraction(first_run):
@@ -111,7 +111,7 @@ def test_mlflow_run_has_params_counts_and_results_tag(first_run):
 
 
 def test_resume_with_same_run_id_renders_nothing_new_and_loses_nothing(first_run):
-    videos = first_run["out"] / "videos"
+    videos = first_run["out"] / "videos" / "run1"
     before = {p.name: p.stat().st_mtime_ns for p in videos.iterdir()}
     args = first_run["args"] + ["--max-failed-fraction", "0.9"]
     assert render_main(args) == 0  # failures (10 of 12) within the allowed fraction

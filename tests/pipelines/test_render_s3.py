@@ -35,12 +35,12 @@ def test_render_reads_and_writes_everything_through_s3(tmp_path, monkeypatch, s3
     with fs.open(f"{s3_bucket}/out/results/s3run.parquet", "rb") as f:
         df = pd.read_parquet(io.BytesIO(f.read())).set_index("id")
     assert df.loc["astronaut", "status"] == "ok" and df.loc["biden", "status"] == "ok"
-    assert df.loc["astronaut", "output_uri"] == f"s3://{s3_bucket}/out/videos/astronaut.mp4"
+    assert df.loc["astronaut", "output_uri"] == f"s3://{s3_bucket}/out/videos/s3run/astronaut.mp4"
     assert "not found" in df.loc["missing", "error"] or "No such file" in df.loc["missing", "error"]
-    assert sorted(fs.ls(f"{s3_bucket}/out/videos")) == [f"{s3_bucket}/out/videos/astronaut.mp4", f"{s3_bucket}/out/videos/biden.mp4"]
+    assert sorted(fs.ls(f"{s3_bucket}/out/videos/s3run")) == [f"{s3_bucket}/out/videos/s3run/astronaut.mp4", f"{s3_bucket}/out/videos/s3run/biden.mp4"]
     for row_id, fps in (("astronaut", 25.0), ("biden", 24.0)):
         local = tmp_path / f"{row_id}.mp4"
-        fs.get(f"{s3_bucket}/out/videos/{row_id}.mp4", str(local))
+        fs.get(f"{s3_bucket}/out/videos/s3run/{row_id}.mp4", str(local))
         check_video(local, expected_audio_s=1.2, fps=fps)
     assert not [k for k in fs.find(f"{s3_bucket}/out") if ".tmp-" in k]  # no temporary objects left behind
 

@@ -44,7 +44,7 @@ def test_a_row_that_breaks_the_batch_fails_alone(actor, loaded):
     out = actor(pd.DataFrame(rows)).set_index("id")
     assert list(out["status"]) == ["ok", "failed", "ok"]
     assert out.loc["b", "error"].startswith("row 1 (id 'b'), render: ValueError: unknown control 'smile'")
-    videos = storage.join(actor.output_uri, "videos")
+    videos = storage.join(actor.output_uri, "videos", "run")
     assert sorted(p.name for p in Path(videos).iterdir()) == ["a.mp4", "c.mp4"]
 
 
@@ -52,7 +52,7 @@ def test_a_failed_publish_fails_that_row_only(tmp_path, random_tiny_checkpoint, 
     """Regression: when row i's upload raised, the later rows, rendered fine, were marked failed too. The
     upload of a.mp4 fails for real: a folder holds its name in the output."""
     actor = RenderActor(str(random_tiny_checkpoint), str(tmp_path / "out"), "run", storage.StorageOptions(), device="cpu")
-    videos = Path(storage.join(actor.output_uri, "videos"))
+    videos = Path(storage.join(actor.output_uri, "videos", "run"))
     (videos / "a.mp4").mkdir(parents=True)
     (videos / "a.mp4" / "keep").write_text("not a video")
     out = actor(pd.DataFrame([dict(r) for r in loaded[:2]])).set_index("id")
@@ -104,7 +104,7 @@ def test_the_state_record_is_published_once_by_the_last_stage(tmp_path, random_t
     rows[1]["controls_json"] = json.dumps({"smile": [0.5] * rows[1]["num_frames"]})  # unknown: fails to render
     rendered = actor(pd.DataFrame(rows)).to_dict("records")
     assert [r["status"] for r in rendered] == ["ok", "failed"]
-    assert not (out / "state").exists() and (out / "videos" / "a.mp4").is_file()
+    assert not (out / "state").exists() and (out / "videos" / "run" / "a.mp4").is_file()
     results = [record(r, options=storage.StorageOptions()) for r in rendered]
     assert not any(c in r for r in results for c in ("portrait_rgb", "audio_pcm", "controls_json"))
     assert sorted(p.name for p in (out / "state" / "run").iterdir()) == ["a.json"]  # failed rows get none
