@@ -8,7 +8,8 @@ and mouth-crop motion (mean |difference| of consecutive grey mouth crops, metric
 From what: log-mel energies (24 bands, 25 ms windows every 10 ms, each band's clip median removed) at 13
 taps from -240 ms to +240 ms around the frame's centre. The taps are times, not frames, so one model serves
 every frame rate. Because the window reaches both ways, the model learns where in time the voice sits
-relative to the mouth (the natural lead): an in-sync clip peaks at lag 0 without a separate constant.
+relative to the mouth (the natural lead). The fit also stores `natural_lead_s`, the median lag at which
+metrics.sync's jaw-energy curve peaks on the fit's in-sync clips: that curve has no window to learn it.
 
 Fitted on the real corpus (../shared/media/corpus, one speaker per clip; both the full-frame face region
 and the 128 px render-size view), closed form, in seconds:
