@@ -26,7 +26,7 @@ def make_run(tmp_path, uri: str, name: str, confidence: float, identity: float, 
     n = 20
     rng = np.random.default_rng(len(name))
     frame = pd.DataFrame({"id": [f"{name}-{i}" for i in range(n)], "status": ["ok"] * n,
-                          "sync_confidence": confidence + 0.01 * rng.standard_normal(n),
+                          "sync_confidence": confidence + 0.1 * rng.standard_normal(n),
                           "identity_distance_mean": identity + 0.01 * rng.standard_normal(n),
                           "brisque": 20 + rng.standard_normal(n)})
     path = tmp_path / f"{name}.parquet"
@@ -38,9 +38,9 @@ def make_run(tmp_path, uri: str, name: str, confidence: float, identity: float, 
 
 
 def test_compare_exits_0_when_equal_and_1_on_a_regression_and_logs_a_report(tmp_path, mlflow_tracking_uri):
-    baseline = make_run(tmp_path, mlflow_tracking_uri, "base", 0.20, 0.40, tag="golden")
-    same = make_run(tmp_path, mlflow_tracking_uri, "same", 0.20, 0.40)
-    worse = make_run(tmp_path, mlflow_tracking_uri, "worse", 0.05, 0.55)
+    baseline = make_run(tmp_path, mlflow_tracking_uri, "base", 3.0, 0.40, tag="golden")
+    same = make_run(tmp_path, mlflow_tracking_uri, "same", 3.0, 0.40)
+    worse = make_run(tmp_path, mlflow_tracking_uri, "worse", 2.0, 0.55)
     env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_tracking_uri)  # MLflow's own variable, with no --tracking-uri
     ok = subprocess.run([sys.executable, "-m", "jobs.cli", "compare", same, "--baseline", "golden"],
                         capture_output=True, text=True, env=env, timeout=300)
@@ -61,10 +61,10 @@ def test_compare_exits_0_when_equal_and_1_on_a_regression_and_logs_a_report(tmp_
 
 
 def test_thresholds_file_can_allow_a_change(tmp_path, mlflow_tracking_uri, capsys):
-    baseline = make_run(tmp_path, mlflow_tracking_uri, "base", 0.20, 0.40)
-    worse = make_run(tmp_path, mlflow_tracking_uri, "worse", 0.05, 0.55)
+    baseline = make_run(tmp_path, mlflow_tracking_uri, "base", 3.0, 0.40)
+    worse = make_run(tmp_path, mlflow_tracking_uri, "worse", 2.0, 0.55)
     loose = tmp_path / "thresholds.json"
-    loose.write_text(json.dumps({"sync_confidence": 0.5, "identity_distance_mean": 0.5}))
+    loose.write_text(json.dumps({"sync_confidence": 1.5, "identity_distance_mean": 0.5}))
     assert compare_cli.main([worse, "--baseline", baseline, "--thresholds", str(loose),
                              "--tracking-uri", mlflow_tracking_uri, "--no-log"]) == 0
     capsys.readouterr()
