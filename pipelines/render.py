@@ -11,7 +11,10 @@ Everything a run writes is keyed by its run id, so two jobs on one output with o
 overwrite each other's videos: each results table describes its own job's files.
 
 Re-running with the same run id skips rows whose video and state record exist (status 'skipped',
-previous figures kept). Every side effect goes to a deterministic key, so Ray's task retries and actor
+previous figures kept); the resume scan lists state/<run_id>/ and videos/<run_id>/ once each, not per row.
+SIGINT or SIGTERM (Ctrl-C, `ray job stop`, Kubernetes) stops the job taking rows: the rows that finished are
+recorded, the rest fail with "interrupted", the MLflow run ends KILLED and the exit code is 128 + the signal,
+so a rerun with the same run id finishes the job. Every side effect goes to a deterministic key, so Ray's task retries and actor
 restarts can only overwrite an output with an identical one, never duplicate it.
 """
 
@@ -22,7 +25,10 @@ import hashlib
 import json
 import logging
 import math
+import posixpath
+import signal
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,7 +42,7 @@ from metrics.schema import results_frame, write_results
 
 from .inputs import LIMITS, InputError, InputPolicy, probe_local
 from .manifest import SAFE_ID, ManifestError, read_manifest, validate_rows
-from .stages import HEAVY_COLUMNS, RenderActor, load_assets, measure, record, state_uri, video_uri
+from .stages import HEAVY_COLUMNS, STATE_DIR, VIDEO_DIR, RenderActor, load_assets, measure, record
 
 if TYPE_CHECKING:
     from model import GeneratorConfig
@@ -54,6 +60,58 @@ EXPERIMENT = "eartalk-render"
 
 class ConfigError(ValueError):
     """A usage or configuration problem: exit code 2."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; `ray job stop`, Kubernetes and systemd send SIGTERM
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """A stop signal reached the driver while it waited on the pipeline (a KeyboardInterrupt, as Ray Data
+    expects of Ctrl-C, so its executor shuts down cleanly)."""
+
+
+class StopSignals:
+    """Context manager: SIGINT / SIGTERM stop the job instead of killing the driver.
+
+    The first signal is remembered (`signum`) and, while `armed` (the driver waiting on the pipeline), raises
+    JobInterrupted there; later ones are logged and ignored, so the results and the MLflow run of the rows
+    that finished are still written. Signal handlers can only be set from the main thread; elsewhere (a
+    library caller's worker thread) this is a no-op and signals keep their own handling.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.armed = False
+        self.previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        """(Re)install the handlers: ray.init installs its own SIGTERM handler (sys.exit), so call again after it."""
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                previous = signal.signal(s, self.handle)
+                self.previous.setdefault(s, previous)
+
+    def handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            log.warning("%s again: still recording the rows that finished; the job ends once they are written", name)
+            return
+        self.signum = signum
+        log.warning("%s: taking no more rows; recording the rows that finished", name)
+        if self.armed:
+            raise JobInterrupted(name)
+
+    @property
+    def name(self) -> str | None:
+        return signal.Signals(self.signum).name if self.signum else None
+
+    def __enter__(self) -> StopSignals:
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
 
 
 @dataclass
@@ -107,6 +165,7 @@ class RenderOutcome:
     mlflow_run_id: str | None
     results: pd.DataFrame = field(repr=False)
     stage_s: dict[str, float] = field(default_factory=dict)  # summed seconds per stage
+    interrupted: str | None = None  # the stop signal's name (SIGINT, SIGTERM) when one ended the job early
 
     def summary_table(self) -> str:
         df = self.results
@@ -139,19 +198,58 @@ def code_version() -> str:
         return "unknown"
 
 
-def previous_results(rows, config: RenderConfig, run_id: str, options) -> dict[str, dict]:
-    """Rows of this run id already published (video + state record): resume skips them."""
+def listed_names(uri: str, options, suffix: str) -> tuple[object, str, set[str]]:
+    """(filesystem, folder path, names ending in `suffix`) of one folder, from one listing (paged on S3).
+
+    The listing cache is dropped first: s3fs keeps listings per filesystem instance, and fsspec hands every
+    caller with the same options the same instance, so a cached listing would miss what this run published.
+    Temporaries of a publish in progress (`.tmp-*`) are not results yet.
+    """
+    fs, path = storage.filesystem(uri, options)
+    fs.invalidate_cache(path)
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return fs, path, set()
+    found = {posixpath.basename(n.rstrip("/")) for n in names}
+    return fs, path, {n for n in found if n.endswith(suffix) and not n.startswith(".tmp-")}
+
+
+def published_results(output_uri: str, run_id: str, ids, options) -> dict[str, dict]:
+    """State records (ok) of run `run_id` among row ids `ids` whose video exists too, by row id.
+
+    One listing of state/<run_id>/ and one of videos/<run_id>/, then the matching records read in one
+    `cat` (s3fs fetches the keys concurrently), instead of two look-ups and a read per row one after another.
+    """
+    wanted = set(ids)
+    fs, state_dir, states = listed_names(storage.join(output_uri, STATE_DIR, run_id), options, ".json")
+    _, _, videos = listed_names(storage.join(output_uri, VIDEO_DIR, run_id), options, ".mp4")
+    ready = [n.removesuffix(".json") for n in states]
+    ready = [i for i in ready if i in wanted and f"{i}.mp4" in videos]
+    if not ready:
+        return {}
+    paths = [posixpath.join(state_dir, f"{i}.json") for i in ready]
+    data = {fs._strip_protocol(k): v for k, v in fs.cat(paths, on_error="omit").items()}
     done = {}
-    for r in rows:
-        state = state_uri(config.output_uri, run_id, r.id)
-        if storage.exists(state, options) and storage.exists(video_uri(config.output_uri, run_id, r.id), options):
-            saved = json.loads(storage.read_bytes(state, options))
-            if saved.get("status") == "ok":
-                done[r.id] = saved
+    for row_id, path in zip(ready, paths):
+        raw = data.get(fs._strip_protocol(path))  # a record removed meanwhile is simply not done
+        if raw is not None and (saved := json.loads(raw)).get("status") == "ok":
+            done[row_id] = saved
     return done
 
 
+def previous_results(rows, config: RenderConfig, run_id: str, options) -> dict[str, dict]:
+    """Rows of this run id already published (video + state record): resume skips them."""
+    return published_results(config.output_uri, run_id, [r.id for r in rows], options)
+
+
 def run_render(config: RenderConfig) -> RenderOutcome:
+    """Render the manifest; a SIGINT / SIGTERM meanwhile ends the job early with its results recorded."""
+    with StopSignals() as stop:
+        return render_job(config, stop)
+
+
+def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
     import ray
 
     started = time.perf_counter()
@@ -173,9 +271,10 @@ def run_render(config: RenderConfig) -> RenderOutcome:
 
     stage_s: dict[str, float] = {}
     rendered: list[dict] = []
-    if todo:
+    if todo and stop.signum is None:
         if not ray.is_initialized():
             ray.init(log_to_driver=False)
+            stop.install()  # ray.init replaced the SIGTERM handler with its own sys.exit
         items = [{**dataclasses.asdict(r), "tags": json.dumps(r.tags), "output_root": config.output_uri,
                   "controls": r.controls or "", "reference_video": r.reference_video or ""} for r in todo]
         ds = ray.data.from_items(items)
@@ -202,7 +301,17 @@ def run_render(config: RenderConfig) -> RenderOutcome:
         # Last, so that a row's record is written once and holds its final result (what resume trusts).
         ds = ds.map(record, fn_kwargs={"options": options}, num_cpus=RECORD_CPUS)
         t0 = time.perf_counter()
-        rendered = list(ds.iter_rows())
+        rows_out = iter(ds.iter_rows())  # a generator: close() below stops the pipeline
+        try:
+            stop.armed = stop.signum is None
+            if stop.armed:
+                for r in rows_out:
+                    rendered.append(r)
+        except JobInterrupted:
+            pass
+        finally:
+            stop.armed = False
+            rows_out.close()  # shuts the streaming executor down: its actors take no more rows
         stage_s["pipeline"] = time.perf_counter() - t0
         for key in ("load_s", "render_s", "encode_s", "upload_s", "metrics_s"):
             # a batch of ok and failed rows holds NaN where a failed row has no figure: skip those
@@ -212,11 +321,21 @@ def run_render(config: RenderConfig) -> RenderOutcome:
     by_row = {}
     for r in rendered:  # a retried task can only repeat a row: keep one record per manifest row
         by_row[r["row"]] = r
+    if stop.signum is not None:
+        # rows that finished (state record published) before the pipeline stopped, never returned to the driver
+        missing = [r for r in todo if r.row not in by_row]
+        for saved in published_results(config.output_uri, run_id, [r.id for r in missing], options).values():
+            by_row[saved["row"]] = saved
     for r in by_row.values():
         tags = json.loads(r.pop("tags") or "{}")
         if r["status"] == "pending":
             r.update(status="failed", error=f"row {r['row']} (id {r['id']!r}): never rendered")
         records.append({**{k: v for k, v in r.items() if k not in HEAVY_COLUMNS}, **tags, "run_id": run_id})
+    for r in todo:
+        if r.row not in by_row:  # a stop signal came first (or, without one, the pipeline lost the row)
+            cause = f"interrupted ({stop.name}) before it finished" if stop.signum else "never rendered"
+            records.append({"row": r.row, "id": r.id, "status": "failed", "error": f"row {r.row} (id {r.id!r}): {cause}",
+                            **r.tags, "run_id": run_id, "model_version": model_version})
     for r in rows:
         if r.id in done:
             records.append({**done[r.id], **r.tags, "status": "skipped", "error": "", "run_id": run_id, "row": r.row})
@@ -233,9 +352,12 @@ def run_render(config: RenderConfig) -> RenderOutcome:
     wall_s = time.perf_counter() - started
     failed_fraction = counts["failed"] / max(1, len(results))
     exit_code = 1 if failed_fraction > config.max_failed_fraction else 0
+    if stop.signum is not None:
+        exit_code = 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     mlflow_run_id = log_to_mlflow(config, run_id, checkpoint, model_config, model_version, results, results_uri, counts,
-                                  frames, wall_s, stage_s)
-    return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results, stage_s)
+                                  frames, wall_s, stage_s, stop.name)
+    return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results, stage_s,
+                         stop.name)
 
 
 @dataclass
@@ -322,15 +444,17 @@ class storage_local_checkpoint:
 
 
 def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_config: GeneratorConfig, model_version: str,
-                  results: pd.DataFrame, results_uri: str, counts: dict, frames: int, wall_s: float, stage_s: dict) -> str | None:
-    """One MLflow run per job, from the driver only."""
+                  results: pd.DataFrame, results_uri: str, counts: dict, frames: int, wall_s: float, stage_s: dict,
+                  interrupted: str | None = None) -> str | None:
+    """One MLflow run per job, from the driver only; a job a stop signal ended early ends KILLED."""
     import mlflow
 
     from metrics.aggregate import aggregate_metrics
     from metrics.tracking import DEFAULT_TRACKING_URI, experiment_id, open_client
 
     tracking_uri = config.tracking_uri or DEFAULT_TRACKING_URI
-    experiment = experiment_id(open_client(tracking_uri), config.experiment)
+    client = open_client(tracking_uri)
+    experiment = experiment_id(client, config.experiment)
     mlflow.set_tracking_uri(tracking_uri)
     config_hash = hashlib.sha256(json.dumps(model_config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     # the experiment goes to start_run, not set_experiment, so no experiment stays active in the process
@@ -340,7 +464,8 @@ def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_conf
                            "gpus_per_actor": config.gpus_per_actor, "max_failed_fraction": config.max_failed_fraction})
         mlflow.set_tags({"eartalk.job": "render", "eartalk.results_uri": results_uri,
                          "eartalk.output_uri": config.output_uri, "eartalk.manifest_uri": config.manifest_uri,
-                         "eartalk.model_version": model_version, "eartalk.run_id": run_id, **config.mlflow_tags})
+                         "eartalk.model_version": model_version, "eartalk.run_id": run_id, **config.mlflow_tags,
+                         **({"eartalk.interrupted": interrupted} if interrupted else {})})
         # the rows rendered by this run only, as `frames` counts (skipped rows keep an earlier run's render_s)
         render_s = float(results.loc[results["status"] == "ok", "render_s"].fillna(0).sum())
         metrics = {"rows_ok": counts["ok"], "rows_failed": counts["failed"], "rows_skipped": counts["skipped"],
@@ -350,7 +475,9 @@ def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_conf
         metrics.update(aggregate_metrics(results))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         summary = {"run_id": run_id, "results_uri": results_uri, "counts": counts, "frames": frames,
-                   "wall_s": round(wall_s, 3), "model_version": model_version,
+                   "wall_s": round(wall_s, 3), "model_version": model_version, "interrupted": interrupted,
                    "failed": results.loc[results["status"] == "failed", ["id", "error"]].to_dict("records")}
         mlflow.log_dict(summary, "summary.json")
-        return run.info.run_id
+    if interrupted:  # FINISHED would read as a complete job; KILLED is MLflow's status for a stopped one
+        client.set_terminated(run.info.run_id, "KILLED")
+    return run.info.run_id

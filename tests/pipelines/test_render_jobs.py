@@ -1,14 +1,20 @@
-"""Render jobs that meet each other: two run ids on one output."""
+"""Render jobs that meet each other or stop early: two run ids on one output, a signalled driver (a real
+`python -m jobs.render` subprocess with its own local Ray)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
+from tests.conftest import REPO_ROOT
 from tests.pipelines.helpers import check_video, short_speech, write_jsonl
 
 pytestmark = pytest.mark.ray
@@ -63,3 +69,75 @@ def test_two_jobs_on_one_output_each_describe_their_own_videos(tmp_path, two_man
     assert again["output_uri"].to_dict() == a["output_uri"].to_dict()
     assert {i: digest(u) for i, u in again["output_uri"].items()} == a_digests
 
+
+@pytest.fixture(scope="module")
+def ten_clips(tmp_path_factory, astronaut_png, speech_wav, shared_media) -> Path:
+    """Ten 1 s rows: three render batches, so a signal after the first published row finds work left."""
+    d = tmp_path_factory.mktemp("ten")
+    speech = short_speech(speech_wav, d / "speech.wav", 1.0)
+    portraits = [Path(shutil.copy(p, d)) for p in (astronaut_png, shared_media / "portraits" / "biden.jpg")]
+    return write_jsonl(d / "manifest.jsonl", [{"id": f"clip{i}", "portrait": str(portraits[i % 2]),
+                                               "audio": str(speech)} for i in range(10)])
+
+
+def render_driver(manifest: Path, out: Path, run_id: str, checkpoint: Path, tracking: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jobs.render", str(manifest), "--output", str(out), "--run-id", run_id,
+                             "--checkpoint", str(checkpoint), "--tracking-uri", tracking, "--no-metrics"],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signalled_driver_records_what_finished_and_a_rerun_finishes_the_job(tmp_path, ten_clips,
+                                                                               random_tiny_checkpoint, signum):
+    """Regression guard: Ctrl-C or SIGTERM (`ray job stop`, Kubernetes) ended the driver with a raw traceback,
+    no results Parquet and no MLflow run, though finished rows were in state/."""
+    from mlflow.tracking import MlflowClient
+
+    from metrics.schema import read_results
+
+    out, run_id, tracking = tmp_path / "out", "sig", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = [f"clip{i}" for i in range(10)]
+    driver = render_driver(ten_clips, out, run_id, random_tiny_checkpoint, tracking)
+    state = out / "state" / run_id
+    deadline = time.monotonic() + 300
+    while not (state.is_dir() and any(p.suffix == ".json" for p in state.iterdir())):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+        time.sleep(0.05)
+    first_done = {p.stem for p in state.iterdir() if p.suffix == ".json"}
+    driver.send_signal(signum)
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 128 + signum, (stdout[-2000:], stderr[-4000:])
+    assert "Traceback" not in stderr, stderr[-4000:]
+    assert f"stopped by {signal.Signals(signum).name}" in stderr
+
+    df = read_results(str(out / "results" / f"{run_id}.parquet")).set_index("id")
+    assert sorted(df.index) == ids  # every row has a result
+    ok = set(df.index[df.status == "ok"])
+    interrupted = set(df.index[df.error.str.contains("interrupted", na=False)])
+    assert first_done <= ok  # rows published before the signal are recorded as done
+    assert interrupted and ok | interrupted == set(ids) and not ok & interrupted, df[["status", "error"]]
+    assert (df.loc[sorted(interrupted), "status"] == "failed").all()
+
+    client = MlflowClient(tracking)
+    [run] = client.search_runs([client.get_experiment_by_name("eartalk-render").experiment_id],
+                               f"tags.`eartalk.run_id` = '{run_id}'")
+    assert run.info.status == "KILLED"
+    assert run.data.tags["eartalk.interrupted"] == signal.Signals(signum).name
+    assert (run.data.metrics["rows_ok"], run.data.metrics["rows_failed"]) == (len(ok), len(interrupted))
+
+    videos = out / "videos" / run_id
+    # the videos of the rows recorded ok; a video published without its record yet is rendered again (identically)
+    mtimes = {f"{i}.mp4": (videos / f"{i}.mp4").stat().st_mtime_ns for i in ok}
+    rerun = render_driver(ten_clips, out, run_id, random_tiny_checkpoint, tracking)
+    stdout, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, (stdout[-2000:], stderr[-4000:])
+    again = read_results(str(out / "results" / f"{run_id}.parquet")).set_index("id")
+    assert sorted(again.index) == ids and set(again.status) <= {"ok", "skipped"}, again[["status", "error"]]
+    # exactly once: what the first driver published is skipped and untouched; the rest rendered now
+    assert ok <= set(again.index[again.status == "skipped"])
+    assert all(videos.joinpath(name).stat().st_mtime_ns == t for name, t in mtimes.items())
+    assert sorted(p.name for p in videos.iterdir()) == [f"{i}.mp4" for i in sorted(ids)]
+    assert sorted(p.name for p in state.iterdir()) == [f"{i}.json" for i in sorted(ids)]
+    for i in ids:
+        check_video(videos / f"{i}.mp4", expected_audio_s=1.0)
