@@ -8,6 +8,10 @@ Prints one JSON object:
   no-cache path under the SFA mask) over the cached decode steps, same outputs checked (goal >= 10);
 - kv_bytes_at_100 / kv_bytes_at_2000: KV-cache bytes (goal: equal);
 - frames_per_s: end-to-end frames/s (audio features, transformer, VAE decode) for batch 1, 4 and 8;
+- heads: the same frames/s with the flow head (GeneratorConfig.head = "flow", random weights: the cost does
+  not depend on them) measured back to back with the regression head's at each batch size, their ratio
+  (goal >= 0.8), and the share of a frame step's time spent in the flow head (noise draws and its
+  `flow_steps` MLP passes, timed alone on the same shapes; goal <= 0.25);
 - on CUDA, also frames/s of the preset with DeepSpeed inference vs plain torch.
 Not a test: compare ratios from one run on one machine.
 """
@@ -18,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,6 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import Generator, RenderRequest, get_preset, load_checkpoint, prepare_for_inference  # noqa: E402
+from model.flow_head import TokenNoise  # noqa: E402
+
+BATCHES = (1, 4, 8)
 
 
 def make_request(g: Generator, frames: int, seed: int = 0) -> RenderRequest:
@@ -48,6 +56,38 @@ def frames_per_s(g: Generator, batch: int, frames: int) -> float:
     for _ in g.stream(reqs):
         pass
     return batch * frames / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def head_seconds_per_step(g: Generator, batch: int, steps: int) -> float:
+    """Seconds the flow head takes for one frame step of `batch` videos: noise draws and its MLP passes."""
+    hidden = torch.randn(batch, 1, g.config.frame_tokens, g.config.d_model, device=g.device, dtype=g.dtype)
+    noise = TokenNoise(list(range(batch)))
+    g.sample_deltas(hidden, noise)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        g.sample_deltas(hidden, noise)
+    return (time.perf_counter() - start) / steps
+
+
+def compare_heads(regression: Generator, flow: Generator, frames: int) -> tuple[dict, dict]:
+    """(regression frames/s per batch, the heads' comparison): each batch size timed for both heads back to
+    back, so the machine's load drifts little between the two."""
+    plain, sampled, share = {}, {}, {}
+    for b in BATCHES:
+        plain[str(b)] = frames_per_s(regression, b, frames)
+        sampled[str(b)] = frames_per_s(flow, b, frames)
+        step = b / sampled[str(b)]  # seconds per frame step of the flow generator
+        share[str(b)] = round(head_seconds_per_step(flow, b, 20) / step, 3)
+    heads = {
+        "flow_steps": flow.config.flow_steps, "flow_width": flow.config.flow_width,
+        "flow_layers": flow.config.flow_layers,
+        "regression_frames_per_s": {k: round(v, 2) for k, v in plain.items()},
+        "flow_frames_per_s": {k: round(v, 2) for k, v in sampled.items()},
+        "flow_vs_regression": {k: round(sampled[k] / plain[k], 3) for k in plain},
+        "flow_head_share_of_frame": share,
+    }
+    return {k: round(v, 2) for k, v in plain.items()}, heads
 
 
 @torch.no_grad()
@@ -77,10 +117,14 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--checkpoint", help="load weights from a checkpoint instead of random ones")
     parser.add_argument("--far", type=int, default=2000)
+    parser.add_argument("--frames", type=int, default=50, help="frames per video in the frames/s figures")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = load_checkpoint(args.checkpoint) if args.checkpoint else Generator(get_preset(args.preset))
     g, report = prepare_for_inference(base, device)
+    # the same architecture with the flow head (the audio-to-mouth path belongs to the regression head)
+    flow_config = replace(base.config, head="flow", audio_mouth=False)
+    flow, _ = prepare_for_inference(Generator(flow_config), device)
 
     lat = per_frame_latencies(g, args.far + 10)
     near = sum(lat[40:60]) / 20
@@ -100,8 +144,8 @@ def main() -> None:
         "far_frame": args.far, "latency_ratio_far_vs_near": round(far / near, 3),
         "cache_speedup": round(speedup, 2), "cache_vs_recompute_max_abs_diff": diff,
         "kv_bytes_at_100": kv[100], "kv_bytes_at_2000": kv[2000],
-        "frames_per_s": {str(b): round(frames_per_s(g, b, 50), 2) for b in (1, 4, 8)},
     }
+    result["frames_per_s"], result["heads"] = compare_heads(g, flow, args.frames)
     if device == "cuda":
         plain, _ = prepare_for_inference(Generator(get_preset(args.preset)), device, use_deepspeed=False)
         result["deepspeed_vs_torch_frames_per_s"] = {"deepspeed": round(frames_per_s(g, 8, 50), 2),
