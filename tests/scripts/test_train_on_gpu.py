@@ -1,0 +1,47 @@
+"""scripts/train_on_gpu.sh on the CPU with a few steps: the data sets (synthetic + one real corpus clip,
+held-out speakers out), both training stages with the flow head, the checkpoint, curves and acceptance
+in one folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model.checkpoint import check_weights
+from tests.conftest import REPO_ROOT, SHARED_MEDIA
+
+@pytest.mark.training
+@pytest.mark.ray
+def test_the_gpu_training_script_runs_end_to_end_on_the_cpu_with_a_few_steps(tmp_path):
+    out = tmp_path / "run"
+    command = ["bash", str(REPO_ROOT / "scripts" / "train_on_gpu.sh"), str(out), "--media", str(SHARED_MEDIA),
+               "--vae-steps", "2", "--steps", "2", "--batch-clips", "1", "--vae-batch-frames", "2",
+               "--clip-frames", "4", "--synthetic-clips", "2", "--corpus-include", "megactor_CHTF_4.mp4",
+               "--accept-seconds", "2", "--accept-blink-seconds", "4", "--checkpoint-every", "2", "--minutes", "5"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["device"] == "cpu"
+    config = check_weights(out / "final")
+    assert config.head == "flow" and config.flow_steps == 4
+    split = json.loads((out / "split.json").read_text())
+    assert split["train"] == ["megactor_CHTF_4.mp4"] and "mimictalk_Trump_10s.mp4" in split["held_out"]
+    manifest = json.loads((out / "dataset" / "dataset.json").read_text())
+    assert manifest["source"]["parts"]["synthetic"] == 2 and manifest["source"]["parts"]["corpus"] >= 1
+    curves = json.loads((out / "curves.json").read_text())
+    assert "transformer/flow_mse" in curves and "vae/l1" in curves
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "acceptance" / "acceptance.json").is_file()
+
+
+def test_a_missing_media_folder_exits_2_naming_it(tmp_path):
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "train_on_gpu.sh"), str(tmp_path / "run"),
+                           "--media", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert done.returncode == 2 and "nowhere" in done.stderr
