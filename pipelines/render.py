@@ -42,7 +42,7 @@ from metrics.schema import results_frame, write_results
 
 from .inputs import LIMITS, InputError, InputPolicy, probe_local
 from .manifest import SAFE_ID, ManifestError, read_manifest, validate_rows
-from .stages import HEAVY_COLUMNS, STATE_DIR, VIDEO_DIR, RenderActor, load_assets, measure, record
+from .stages import HEAVY_COLUMNS, STATE_DIR, VIDEO_DIR, RenderActor, load_assets, measure, measure_saved, record
 
 if TYPE_CHECKING:
     from model import GeneratorConfig
@@ -317,6 +317,16 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
             # a batch of ok and failed rows holds NaN where a failed row has no figure: skip those
             stage_s[key.removesuffix("_s")] = float(sum(v for r in rendered if (v := r.get(key)) and not math.isnan(v)))
 
+    unmeasured = [saved for saved in done.values() if "metrics_error" not in saved]  # measuring sets it, "" when fine
+    if unmeasured and config.metrics and stop.signum is None:
+        t0 = time.perf_counter()
+        done.update(measure_published(unmeasured, options, stop))
+        stage_s["remeasure"] = time.perf_counter() - t0
+    for saved in done.values():
+        if "metrics_error" not in saved:  # still unmeasured: say why its figures are null
+            why = "interrupted" if stop.signum else "metrics are off (--no-metrics) for this run and the one that rendered it"
+            saved["metrics_error"] = f"row {saved.get('row')} (id {saved.get('id')!r}): not measured: {why}"
+
     records = []
     by_row = {}
     for r in rendered:  # a retried task can only repeat a row: keep one record per manifest row
@@ -358,6 +368,33 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
                                   frames, wall_s, stage_s, stop.name)
     return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results, stage_s,
                          stop.name)
+
+
+def measure_published(saved: list[dict], options: storage.StorageOptions, stop: StopSignals) -> dict[str, dict]:
+    """State records of published videos never measured (an earlier run had metrics off), measured now on Ray;
+    their records are republished with the figures. By row id; rows a stop signal cut off are left out."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+        stop.install()
+    ds = ray.data.from_items([{"record": json.dumps(s, default=str)} for s in saved])
+    # INPUT: a saved record (JSON). OUTPUT: the record with metric columns, republished. CPU tasks, as `measure`.
+    ds = ds.map(measure_saved, fn_kwargs={"options": options}, num_cpus=METRICS_CPUS)
+    measured = {}
+    rows_out = iter(ds.iter_rows())
+    try:
+        stop.armed = stop.signum is None
+        if stop.armed:
+            for item in rows_out:
+                r = json.loads(item["record"])
+                measured[r["id"]] = r
+    except JobInterrupted:
+        pass
+    finally:
+        stop.armed = False
+        rows_out.close()
+    return measured
 
 
 @dataclass

@@ -230,3 +230,24 @@ def record(row: dict, *, options: storage.StorageOptions) -> dict:
         uri = state_uri(result["output_root"], result["run_id"], result["id"])
         storage.publish_bytes(json.dumps(result, default=str).encode(), uri, options)
     return result
+
+
+# ---------------------------------------------------------------- resume: measure what was never measured (CPU tasks)
+
+
+def measure_saved(item: dict, *, options: storage.StorageOptions) -> dict:
+    """A state record (JSON in `record`) of a video an earlier run published without measuring it (it ran
+    with metrics off): measured now, from the published MP4 and the row's inputs, and its record republished
+    with the figures, so a later resume keeps them. Its control track, not kept in the record, is read again."""
+    row = json.loads(item["record"])
+    row["controls_json"] = ""
+    if row.get("controls"):
+        try:
+            data = read_bounded(row["controls"], options, MAX_CONTROLS_BYTES)
+            row["controls_json"] = tracks_to_json(parse_control_track(data, row["controls"], row["fps"], int(row["frames"])))
+        except Exception as e:  # the track is gone or changed since: the row is still measured, without it
+            row["metrics_error"] = short_error("metrics (controls)", row, f"{type(e).__name__}: {e}")
+    measured = measure(row, options=options)
+    if row.get("metrics_error"):  # keep why the controls' figures are missing, unless measuring failed outright
+        measured["metrics_error"] = measured["metrics_error"] or row["metrics_error"]
+    return {"record": json.dumps(record(measured, options=options), default=str)}

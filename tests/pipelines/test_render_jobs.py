@@ -70,6 +70,37 @@ def test_two_jobs_on_one_output_each_describe_their_own_videos(tmp_path, two_man
     assert {i: digest(u) for i, u in again["output_uri"].items()} == a_digests
 
 
+def test_a_resume_measures_what_an_earlier_run_published_unmeasured(tmp_path, two_manifests, random_tiny_checkpoint,
+                                                                    ray_local):
+    """Regression guard: rows published by a run without metrics came back 'skipped' on every later run with
+    every metric null and nothing saying why; now the resume measures them, and says why when it cannot."""
+    import json
+
+    from pipelines.render import RenderConfig, run_render
+
+    out = tmp_path / "out"
+
+    def render(metrics: bool):
+        return run_render(RenderConfig(manifest_uri=str(two_manifests[0]), output_uri=str(out), run_id="late",
+                                       checkpoint=str(random_tiny_checkpoint), metrics=metrics,
+                                       tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+
+    assert render(metrics=False).counts["ok"] == 2
+    unmeasured = render(metrics=False).results.set_index("id")  # still off: the table says why the figures are null
+    assert unmeasured["face_detected_ratio"].isna().all()
+    assert unmeasured["metrics_error"].str.contains("not measured: metrics are off").all()
+    resumed = render(metrics=True)
+    df = resumed.results.set_index("id")
+    assert (df["status"] == "skipped").all() and "remeasure" in resumed.stage_s
+    assert (df["metrics_error"] == "").all(), df["metrics_error"].tolist()
+    assert df["face_detected_ratio"].notna().all() and df["identity_distance_mean"].notna().all()
+    saved = json.loads((out / "state" / "late" / "clip0.json").read_text())  # republished with its figures
+    assert saved["face_detected_ratio"] == df.loc["clip0", "face_detected_ratio"]
+    again = render(metrics=True)  # measured once: a later resume keeps the figures without measuring again
+    assert "remeasure" not in again.stage_s
+    assert again.results.set_index("id")["identity_distance_mean"].tolist() == df["identity_distance_mean"].tolist()
+
+
 @pytest.fixture(scope="module")
 def ten_clips(tmp_path_factory, astronaut_png, speech_wav, shared_media) -> Path:
     """Ten 1 s rows: three render batches, so a signal after the first published row finds work left."""
