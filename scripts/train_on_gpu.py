@@ -13,7 +13,7 @@ Steps, each writing under OUT:
    on a GPU, fp32 on a CPU (where this script runs only as its own test, with a few steps);
 3. OUT/final (the checkpoint: model.safetensors + config.json + loss.json), OUT/curves.json and
    OUT/curves.png (every logged metric against the global step);
-4. acceptance (training/acceptance.py) of OUT/final on the held-out portrait and speech in
+4. acceptance (training/acceptance.py) of OUT/final on the held-out portrait and speech (--accept-speech) in
    OUT/acceptance (acceptance.json and its videos).
 Prints one JSON summary. Exit 2 on a bad argument or a missing input.
 """
@@ -56,11 +56,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--synthetic-clips", type=int, default=384)
     p.add_argument("--corpus-include", nargs="*", default=None,
                    help="train on only these corpus videos (file names; its test uses one short clip)")
+    p.add_argument("--accept-speech", type=Path, default=None,
+                   help="held-out speech for acceptance (default MEDIA/speech/english.wav)")
     p.add_argument("--accept-seconds", type=float, default=60.0, help="length of acceptance's identity/drift video")
     p.add_argument("--accept-blink-seconds", type=float, default=20.0)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.accept_speech = args.accept_speech or args.media / "speech" / "english.wav"
+    return args
 
 
 def split_corpus(corpus: Path, include: list[str] | None) -> tuple[list[Path], list[Path]]:
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.config import REPO_ROOT as ROOT, TrainConfig
     from training.loops import train
 
-    for needed in (args.media / "corpus", args.media / "portraits" / "biden.jpg", args.media / "speech" / "english.wav"):
+    for needed in (args.media / "corpus", args.media / "portraits" / "biden.jpg", args.accept_speech):
         if not needed.exists():
             print(f"train_on_gpu: {needed} does not exist", file=sys.stderr)
             return 2
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     final = copy_checkpoint(result.final_checkpoint, args.output / "final")
     write_curves(result.history, args.output)
-    report = run_acceptance(str(final), args.media / "portraits" / "biden.jpg", args.media / "speech" / "english.wav",
+    report = run_acceptance(str(final), args.media / "portraits" / "biden.jpg", args.accept_speech,
                             args.output / "acceptance", args.accept_seconds, None, args.accept_blink_seconds)
     summary = {"device": torch.cuda.get_device_name() if gpu else "cpu", "final": str(final),
                "steps": result.steps_done, "data_minutes": round(data_minutes, 2),

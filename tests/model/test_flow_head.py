@@ -132,3 +132,19 @@ def test_sampling_with_the_held_modulations_equals_euler_steps_of_the_velocity()
         x = x + head.velocity(x, torch.full((2, 5), i / 3), cond) / 3
     with torch.no_grad():
         torch.testing.assert_close(head.sample(cond, noise), x.detach(), atol=1e-5, rtol=0)
+
+
+def test_the_cached_rollout_equals_the_full_pass_fed_its_own_frames_with_the_same_seeds():
+    """The oracle for the flow head: streaming with the KV cache and a teacher-forced pass under the SFA mask,
+    given the rollout's own latents as history and generators of the same seeds, sample the same frames."""
+    g = flow_generator()
+    cfg, F = g.config, 5  # more frames than sink + window, so the window slides
+    torch.manual_seed(1)
+    ref = torch.randn(2, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    audio = torch.randn(2, F, cfg.audio_tokens, cfg.d_model)
+    controls = torch.randn(2, F, g.block_tokens - cfg.frame_tokens - cfg.audio_tokens, cfg.d_model)
+    with torch.no_grad():
+        rolled = torch.stack(list(g.rollout(ref, audio, controls, TokenNoise([4, 9]))), dim=1)  # (B, F, Cl, L, L)
+        prev = torch.cat((ref[:, None], rolled[:, :-1]), dim=1)
+        full = g.forward_full(ref, prev, audio, controls, TokenNoise([4, 9]))
+    torch.testing.assert_close(full, rolled, atol=1e-4, rtol=0)
