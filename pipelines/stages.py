@@ -8,7 +8,9 @@ each MP4 itself.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import shutil
 import tempfile
 import time
 import traceback
@@ -23,9 +25,12 @@ from .controls import ControlTrackError, parse_control_track, tracks_from_json, 
 
 STATE_DIR = "state"  # <output>/state/<run_id>/<id>.json: a row's final result, written by the last stage
 VIDEO_DIR = "videos"  # <output>/videos/<run_id>/<id>.mp4: per run, so two jobs on one output never share a video
-HEAVY_COLUMNS = ("portrait_rgb", "audio_pcm", "controls_json")  # stage inputs, never part of a row's record
+# stage inputs, never part of a row's record (frame_rgb / composite_json: faces.composite.plan_composite's)
+HEAVY_COLUMNS = ("portrait_rgb", "audio_pcm", "controls_json", "frame_rgb", "composite_json")
 # what the render actor drops once consumed; controls_json (a few floats per frame) goes on to the metrics
-RENDER_INPUT_COLUMNS = ("portrait_rgb", "audio_pcm")
+RENDER_INPUT_COLUMNS = ("portrait_rgb", "audio_pcm", "frame_rgb", "composite_json")
+SCRATCH_PREFIX = "eartalk-render-"  # $TMPDIR/eartalk-render-*: a render actor's MP4s being encoded
+SCRATCH_LOCK = ".lock"  # flock-ed by the live actor owning the folder; the kernel drops it when that actor dies
 
 
 def video_uri(output_uri: str, run_id: str, row_id: str) -> str:
@@ -43,24 +48,28 @@ def short_error(stage: str, row: dict, e: BaseException) -> str:
 # ---------------------------------------------------------------- stage 1: load assets (CPU tasks)
 
 
-def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions) -> dict:
-    """Portrait -> aligned canonical crop; audio -> mono at model.AUDIO_SAMPLE_RATE; control track -> per-frame values.
+def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions, max_side: int = 1024) -> dict:
+    """Portrait -> aligned canonical crop (and, framing `portrait`, the portrait fitted to `max_side` with the
+    geometry to composite into it); audio -> mono at model.AUDIO_SAMPLE_RATE; control track -> per-frame values.
 
     Every input is read bounded (pipelines/inputs.py): a regular file within its size limit, fetched within
     FETCH_TIMEOUT_S; one that is not fails this row and the batch's other rows go on.
     """
     from faces import NoFaceError, align_face
+    from faces.composite import face_upscaled, plan_composite
     from media import MediaError, load_audio, load_image
     from model import num_frames_for
 
     out = {**row, "status": "pending", "error": "", "portrait_rgb": b"", "audio_pcm": b"", "controls_json": "",
-           "num_frames": 0, "load_s": 0.0}
+           "num_frames": 0, "load_s": 0.0, "framing": row.get("framing") or "portrait", "frame_rgb": b"",
+           "frame_width": 0, "frame_height": 0, "composite_json": "", "face_upscaled": None}
     start = time.perf_counter()
     stage = "portrait"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             image = load_image(fetch_bounded(row["portrait"], Path(tmp), options, MAX_IMAGE_BYTES))
             aligned = align_face(image, image_size)
+            plan = plan_composite(image, aligned, max_side) if out["framing"] == "portrait" else {}
             stage = "audio"
             audio = load_audio(fetch_bounded(row["audio"], Path(tmp), options, MAX_AUDIO_BYTES))
             num_frames = num_frames_for(audio.size, row["fps"])
@@ -80,12 +89,32 @@ def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions) 
         traceback.print_exc()
     else:
         out.update(portrait_rgb=aligned.image.tobytes(), audio_pcm=audio.astype(np.float32).tobytes(),
-                   controls_json=tracks_to_json(tracks), num_frames=num_frames)
+                   controls_json=tracks_to_json(tracks), num_frames=num_frames, face_upscaled=face_upscaled(aligned),
+                   **plan)
     out["load_s"] = time.perf_counter() - start
     return out
 
 
 # ---------------------------------------------------------------- stage 2: render + encode + publish (actors)
+
+
+def remove_stale_scratch(tmp: Path, keep: Path) -> list[Path]:
+    """Remove the render scratch folders under `tmp` that no live actor holds: their lock file is there but
+    unlocked (its actor died). A folder without a lock file is left alone: its actor may be between creating
+    the folder and locking it. Returns what was removed."""
+    removed = []
+    for folder in tmp.glob(f"{SCRATCH_PREFIX}*"):
+        lock = folder / SCRATCH_LOCK
+        if folder == keep or not folder.is_dir() or folder.is_symlink() or not lock.is_file():
+            continue
+        try:
+            with open(lock, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its actor lives
+                shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except OSError:  # held (a live actor's) or vanished meanwhile (another actor cleaned it)
+            continue
+    return removed
 
 
 class RenderActor:
@@ -98,9 +127,15 @@ class RenderActor:
         from model import checkpoint_version, load_checkpoint, prepare_for_inference
 
         self.output_uri, self.run_id, self.options = output_uri, run_id, options
-        # scratch for MP4s being encoded (each unlinked after its batch); removed with the actor, or at exit
-        self._scratch = tempfile.TemporaryDirectory(prefix="eartalk-render-")
+        # scratch for MP4s being encoded (each unlinked after its batch); removed with the actor, or at exit.
+        # An actor SIGKILLed mid-encode removes nothing, so each start removes scratch no live actor holds.
+        self._scratch = tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX)
         self.workdir = Path(self._scratch.name)
+        # locked under another name, then renamed: the lock file never exists unlocked while its actor lives
+        self._scratch_lock = open(self.workdir / f"{SCRATCH_LOCK}-new", "w")  # held for the actor's life
+        fcntl.flock(self._scratch_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (self.workdir / f"{SCRATCH_LOCK}-new").rename(self.workdir / SCRATCH_LOCK)
+        remove_stale_scratch(Path(tempfile.gettempdir()), keep=self.workdir)
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus, so torch uses the CPUs it was given
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # a remote checkpoint's local copy is only read here: once loaded the weights live in memory, so it goes
@@ -136,11 +171,12 @@ class RenderActor:
         """One batched stream for all rows; raises if it fails. A row whose encode or upload fails fails alone."""
         import torch
 
+        from faces.composite import Compositor
         from media import Mp4Writer
         from model import RenderRequest
         from model.frames import images_to_tensor, tensor_to_images
 
-        requests, writers, paths = [], [], []
+        requests, writers, paths, compositors = [], [], [], []
         try:
             for r in rows:
                 portrait = np.frombuffer(r["portrait_rgb"], np.uint8).reshape(self.size, self.size, 3)
@@ -150,15 +186,17 @@ class RenderActor:
                                               torch.from_numpy(audio.copy()), float(r["fps"]), controls or None, int(r["seed"])))
                 paths.append(self.workdir / f"{r['id']}.mp4")
                 writers.append(Mp4Writer(paths[-1], float(r["fps"])))
+                # framing `portrait`: each crop goes back into the whole portrait before encoding (None: the crop alone)
+                compositors.append(Compositor.from_plan(r, self.size) if r.get("composite_json") else None)
             render_s, encode_s = 0.0, [0.0] * len(rows)
             t0 = time.perf_counter()
             for t, frames in enumerate(self.generator.stream(requests)):
                 images = tensor_to_images(frames)  # (B, S, S, 3) uint8
                 t1 = time.perf_counter()
                 render_s += t1 - t0
-                for i, r in enumerate(rows):
+                for i, r in enumerate(rows):  # the composite's time counts as encoding: both are the frame's CPU work
                     if t < r["num_frames"]:
-                        writers[i].add(images[i])
+                        writers[i].add(compositors[i](images[i]) if compositors[i] else images[i])
                 t0 = time.perf_counter()
                 for i in range(len(rows)):
                     encode_s[i] += (t0 - t1) / len(rows)
@@ -185,7 +223,8 @@ class RenderActor:
         uri = video_uri(self.output_uri, self.run_id, r["id"])
         storage.publish_file(local, uri, self.options)
         r.update(status="ok", output_uri=uri, frames=int(r["num_frames"]), fps=float(r["fps"]),
-                 duration_s=r["num_frames"] / float(r["fps"]), width=self.size, height=self.size,
+                 duration_s=r["num_frames"] / float(r["fps"]), width=int(r.get("frame_width") or self.size),
+                 height=int(r.get("frame_height") or self.size),
                  render_s=render_s, encode_s=encode_s, upload_s=time.perf_counter() - t0,
                  model_version=self.model_version, run_id=self.run_id, engine=self.report.engine)
 

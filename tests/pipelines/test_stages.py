@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import json
 import tempfile
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_a_remote_checkpoint_leaves_no_copy_behind(tmp_path, monkeypatch, s3_ser
                                      secret=s3_server.secret_key, region=s3_server.region)
     actor = RenderActor(f"s3://{s3_bucket}/checkpoints/tiny", str(tmp_path / "out"), "run", options, device="cpu")
     assert actor.model_version == checkpoint_version(random_tiny_checkpoint)
-    assert [p.relative_to(tmp) for p in tmp.rglob("*") if p != actor.workdir] == []
+    assert [p.relative_to(tmp) for p in tmp.rglob("*") if actor.workdir not in (p, *p.parents)] == []
     out = actor(pd.DataFrame([dict(loaded[0])]))
     assert list(out["status"]) == ["ok"], out["error"].tolist()
     del actor
@@ -111,3 +112,56 @@ def test_the_state_record_is_published_once_by_the_last_stage(tmp_path, random_t
     saved = json.loads(Path(state_uri(str(out), "run", "a")).read_text())
     assert saved["status"] == "ok" and saved["output_uri"] == results[0]["output_uri"]
     assert saved["frames"] == results[0]["frames"] == rows[0]["num_frames"]
+
+
+ACTOR_THEN_WAIT = """
+import sys, time
+import storage
+from pipelines.stages import RenderActor
+
+actor = RenderActor(sys.argv[1], sys.argv[2], "run", storage.StorageOptions(), device="cpu")
+(actor.workdir / "half.mp4").write_bytes(b"the first half of an mp4")  # an encode in progress
+print("SCRATCH", actor.workdir, flush=True)
+time.sleep(600)
+"""
+
+
+def scratch_of(proc) -> Path:
+    for line in proc.stdout:  # other libraries print to stdout too (DeepSpeed's accelerator notice)
+        if line.startswith("SCRATCH "):
+            return Path(line.removeprefix("SCRATCH ").strip())
+    raise AssertionError(f"the actor process ended ({proc.wait()}) before making its scratch")
+
+
+def test_an_actor_start_removes_the_scratch_of_dead_actors_and_keeps_live_ones(tmp_path, monkeypatch,
+                                                                               random_tiny_checkpoint):
+    """Regression guard: SIGKILLed actors left half-written MP4s in $TMPDIR/eartalk-render-* that nothing
+    removed. Two real actor processes: one SIGKILLed mid-encode, one alive; a third actor's start removes the
+    dead one's scratch only."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    actors = [subprocess.Popen([sys.executable, "-c", ACTOR_THEN_WAIT, str(random_tiny_checkpoint), str(tmp_path / "out")],
+                               cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+              for _ in range(2)]
+    try:
+        dead, live = (scratch_of(p) for p in actors)
+        actors[0].send_signal(signal.SIGKILL)
+        actors[0].wait(timeout=30)
+        assert (dead / "half.mp4").is_file()  # what a killed actor leaves behind
+        unlocked = tmp / "eartalk-render-starting"  # no lock file yet: an actor between mkdir and lock
+        unlocked.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+        actor = RenderActor(str(random_tiny_checkpoint), str(tmp_path / "out"), "run", storage.StorageOptions(),
+                            device="cpu")
+        assert not dead.exists()
+        assert (live / "half.mp4").is_file() and unlocked.is_dir() and actor.workdir.is_dir()
+    finally:
+        for p in actors:
+            p.kill()
+            p.wait(timeout=30)
