@@ -30,7 +30,6 @@ import numpy as np
 from .align import MIN_WARP_SCALE, AlignedFace
 
 MAX_SIDE = 1024  # px: default longest side of the output video
-FRAMINGS = ("portrait", "crop")  # the whole portrait with the face composited in, or the model's aligned crop alone
 BLENDS = ("alpha", "pyramid")
 JAW = slice(0, 17)  # dlib 68: jaw line, image-left ear to image-right ear
 BROWS = slice(17, 27)

@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default $AWS_ENDPOINT_URL)")
     p.add_argument("--no-metrics", action="store_true", help="skip the per-video quality metrics stage")
     p.add_argument("--experiment", default="eartalk-render", help="MLflow experiment name")
+    p.add_argument("--framing", choices=("portrait", "crop"), default="portrait",
+                   help="portrait: the face composited into the whole portrait (default); crop: the model's aligned "
+                        "face crop alone. A manifest's `framing` column overrides it per row")
+    p.add_argument("--max-side", type=int, default=1024,
+                   help="longest side in px of a portrait-framed video (default 1024; smaller portraits keep their size)")
     p.add_argument("--allow-root", action="append", default=[], metavar="URI",
                    help="a folder or URI prefix rows may read besides the manifest's own folder (repeatable)")
     p.add_argument("--allow-scheme", action="append", default=[], metavar="SCHEME",
@@ -69,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             max_failed_fraction=args.max_failed_fraction, s3_endpoint=args.s3_endpoint,
             metrics=not args.no_metrics, experiment=args.experiment,
             allowed_roots=tuple(args.allow_root), allowed_schemes=tuple(args.allow_scheme),
+            framing=args.framing, max_side=args.max_side,
         )
         if args.dry_run:
             return dry_run(config)

@@ -9,6 +9,8 @@ A manifest is JSONL, CSV or Parquet (by extension), local or in object storage, 
     fps              optional frames per second (default 25)
     seed             optional integer in [0, 2**63)
     reference_video  optional URI of a ground-truth video, for reference metrics
+    framing          optional `portrait` (the face composited into the whole portrait) or `crop` (the model's
+                     aligned face crop alone); empty: the job's --framing (default portrait). docs/compositing.md
     anything else    free-form tags (language, speaker, ...), carried into the results as strings; a results
                      column's name (status, error, frames, run_id, a metric, ...) is refused for the whole manifest
 
@@ -32,7 +34,8 @@ import storage
 from .inputs import MAX_MANIFEST_BYTES, InputError, InputPolicy, read_bounded
 
 REQUIRED = ("id", "portrait", "audio")
-OPTIONAL = ("controls", "fps", "seed", "reference_video")
+OPTIONAL = ("controls", "fps", "seed", "reference_video", "framing")
+FRAMINGS = ("portrait", "crop")  # a video of the whole portrait with the face composited in, or of the crop alone
 URI_COLUMNS = ("portrait", "audio", "controls", "reference_video")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_FPS = 25.0
@@ -55,6 +58,7 @@ class ManifestRow:
     seed: int
     reference_video: str | None
     tags: dict[str, str]
+    framing: str | None = None  # None: the job's default
 
 
 @dataclass
@@ -163,6 +167,10 @@ def validate_rows(df: pd.DataFrame, manifest_uri: str,
         if not (FPS_RANGE[0] <= fps <= FPS_RANGE[1]):
             fail(f"fps {fps} outside {FPS_RANGE}")
             continue
+        framing = _text(record.get("framing"))
+        if framing is not None and framing not in FRAMINGS:
+            fail(f"framing must be one of {FRAMINGS} or empty")
+            continue
         resolved = {c: storage.resolve(u, manifest_uri) if u else None for c, u in uris.items()}
         refused = []
         for column, uri in resolved.items():
@@ -176,5 +184,5 @@ def validate_rows(df: pd.DataFrame, manifest_uri: str,
             continue
         tags = {c: s for c in tag_columns if (s := _text(record.get(c))) is not None}
         rows.append(ManifestRow(i, rid, resolved["portrait"], resolved["audio"], resolved["controls"], fps, seed,
-                                resolved["reference_video"], tags))
+                                resolved["reference_video"], tags, framing))
     return rows, failures

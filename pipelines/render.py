@@ -41,7 +41,7 @@ import storage
 from metrics.schema import results_frame, write_results
 
 from .inputs import LIMITS, InputError, InputPolicy, probe_local
-from .manifest import SAFE_ID, ManifestError, read_manifest, validate_rows
+from .manifest import FRAMINGS, SAFE_ID, ManifestError, read_manifest, validate_rows
 from .stages import HEAVY_COLUMNS, STATE_DIR, VIDEO_DIR, RenderActor, load_assets, measure, measure_saved, record
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ log = logging.getLogger("eartalk.render")
 ROWS_PER_RENDER_BATCH = 4  # videos rendered together by one actor call: keeps a device busy, bounds memory
 RENDER_CPUS_PER_ACTOR = 1  # CPU actors: one core each locally; GPU actors need little CPU beside the encode
 LOAD_CPUS = 1  # image decode + face alignment + audio resample per row
+MAX_SIDE = 1024  # px: default longest side of a `portrait`-framed video (faces.composite)
 METRICS_CPUS = 1  # landmarking a video is single-threaded dlib
 RECORD_CPUS = METRICS_CPUS  # one small upload per row; the same CPUs as the metrics, so Ray Data fuses the two
 EXPERIMENT = "eartalk-render"
@@ -133,8 +134,14 @@ class RenderConfig:
     # input policy (pipelines/inputs.py): roots besides the manifest's folder, schemes besides local and s3
     allowed_roots: tuple[str, ...] = ()
     allowed_schemes: tuple[str, ...] = ()
+    framing: str = "portrait"  # rows without a `framing` cell: the whole portrait, or "crop" (the model's crop alone)
+    max_side: int = MAX_SIDE  # px: longest side of a portrait-framed video (smaller portraits keep their size)
 
     def __post_init__(self) -> None:
+        if self.framing not in FRAMINGS:
+            raise ConfigError(f"--framing must be one of {', '.join(FRAMINGS)}, got {self.framing!r}")
+        if isinstance(self.max_side, bool) or not isinstance(self.max_side, int) or self.max_side < 16:
+            raise ConfigError(f"--max-side must be an integer of at least 16 (px), got {self.max_side!r}")
         if self.run_id is not None and (not SAFE_ID.match(self.run_id) or ".." in self.run_id):
             # it names state/<run_id>/ and results/<run_id>.parquet: a separator or '..' would leave --output
             raise ConfigError(f"--run-id {self.run_id!r}: use letters, digits, '.', '_', '-' only (no path "
@@ -276,11 +283,13 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
             ray.init(log_to_driver=False)
             stop.install()  # ray.init replaced the SIGTERM handler with its own sys.exit
         items = [{**dataclasses.asdict(r), "tags": json.dumps(r.tags), "output_root": config.output_uri,
-                  "controls": r.controls or "", "reference_video": r.reference_video or ""} for r in todo]
+                  "controls": r.controls or "", "reference_video": r.reference_video or "",
+                  "framing": r.framing or config.framing} for r in todo]
         ds = ray.data.from_items(items)
         # INPUT: manifest rows. OUTPUT: + aligned portrait / audio / controls bytes, status, error. 1:1.
         # CPU tasks: decode and face alignment are per-row CPU work that must not stall the generator actors.
-        ds = ds.map(load_assets, fn_kwargs={"image_size": model_config.image_size, "options": options},
+        ds = ds.map(load_assets, fn_kwargs={"image_size": model_config.image_size, "options": options,
+                                            "max_side": config.max_side},
                     num_cpus=LOAD_CPUS)
         # INPUT: loaded rows. OUTPUT: result columns (+ controls_json; portrait and audio dropped); MP4s
         # published by the actor.
@@ -498,7 +507,8 @@ def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_conf
     with mlflow.start_run(experiment_id=experiment, run_name=run_id) as run:
         mlflow.log_params({"manifest_uri": config.manifest_uri, "checkpoint": checkpoint, "config_hash": config_hash,
                            "code_version": code_version(), "actors": config.actors,
-                           "gpus_per_actor": config.gpus_per_actor, "max_failed_fraction": config.max_failed_fraction})
+                           "gpus_per_actor": config.gpus_per_actor, "max_failed_fraction": config.max_failed_fraction,
+                           "framing": config.framing, "max_side": config.max_side})
         mlflow.set_tags({"eartalk.job": "render", "eartalk.results_uri": results_uri,
                          "eartalk.output_uri": config.output_uri, "eartalk.manifest_uri": config.manifest_uri,
                          "eartalk.model_version": model_version, "eartalk.run_id": run_id, **config.mlflow_tags,
