@@ -14,7 +14,8 @@ and the policy and prints what would render / skip / fail, without starting Ray.
 
 S3 endpoint and credentials come from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or
 --s3-endpoint) and are never logged. Exit codes: 0 all rows ok (or failures within
---max-failed-fraction), 1 failures beyond it, 2 usage or configuration errors, 130 / 143 stopped by SIGINT /
+--max-failed-fraction), 1 failures beyond it or an output store unreachable when the results are written (a
+local copy is kept; the message says where), 2 usage or configuration errors, 130 / 143 stopped by SIGINT /
 SIGTERM (the finished rows are recorded; rerun with the same --run-id to finish). With --gpus-per-actor
 and no GPU in the cluster yet, a KubeRay cluster is left to autoscale its GPU workers up from 0 (see
 gpu_shortfall); a machine without GPUs or an autoscaler is refused with 2.
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eartalk render: error: {e}", file=sys.stderr)
         return 2
     print(outcome.summary_table(), flush=True)
+    if outcome.store_error:
+        print(f"eartalk render: error: {outcome.store_error}", file=sys.stderr)
     if outcome.interrupted:
         print(f"eartalk render: stopped by {outcome.interrupted}; rows not finished are failed 'interrupted'; "
               f"rerun with --run-id {outcome.run_id} to finish the job", file=sys.stderr)

@@ -28,6 +28,7 @@ import math
 import posixpath
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -57,6 +58,8 @@ MAX_SIDE = 1024  # px: default longest side of a `portrait`-framed video (faces.
 METRICS_CPUS = 1  # landmarking a video is single-threaded dlib
 RECORD_CPUS = METRICS_CPUS  # one small upload per row; the same CPUs as the metrics, so Ray Data fuses the two
 EXPERIMENT = "eartalk-render"
+STORE_ATTEMPTS = 3  # writes of the results table before the job falls back to a local copy
+STORE_BACKOFF_S = 2.0  # first wait between them, doubled each time (s3fs retries each attempt itself too)
 
 
 class ConfigError(ValueError):
@@ -173,6 +176,7 @@ class RenderOutcome:
     results: pd.DataFrame = field(repr=False)
     stage_s: dict[str, float] = field(default_factory=dict)  # summed seconds per stage
     interrupted: str | None = None  # the stop signal's name (SIGINT, SIGTERM) when one ended the job early
+    store_error: str | None = None  # why the results table is a local copy (the output store was unreachable)
 
     def summary_table(self) -> str:
         df = self.results
@@ -185,6 +189,19 @@ class RenderOutcome:
         lines.append(f"run {self.run_id}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped, "
                      f"{self.frames} frames in {self.wall_s:.1f}s -> {self.results_uri}")
         return "\n".join(lines)
+
+
+def with_retries(action, what: str):
+    """`action()`, tried STORE_ATTEMPTS times with doubling waits: an object store's brief outage passes."""
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            return action()
+        except Exception as e:
+            if attempt == STORE_ATTEMPTS:
+                raise
+            wait = STORE_BACKOFF_S * 2 ** (attempt - 1)
+            log.warning("%s failed (%s: %s); retrying in %.0f s", what, type(e).__name__, e, wait)
+            time.sleep(wait)
 
 
 def resolve_checkpoint(checkpoint: str | None) -> str:
@@ -270,7 +287,10 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
     except ManifestError as e:
         raise ConfigError(str(e)) from None
     tag_columns = sorted({k for r in rows for k in r.tags})
-    done = previous_results(rows, config, run_id, options)
+    try:
+        done = previous_results(rows, config, run_id, options)
+    except Exception as e:  # s3fs / botocore raise many types for an endpoint that is down or refuses us
+        raise ConfigError(f"output {config.output_uri} unreachable: {type(e).__name__}: {e}") from None
     todo = [r for r in rows if r.id not in done]
 
     log.info("run %s: %d rows (%d invalid, %d already done), checkpoint %s (%s)", run_id, len(manifest),
@@ -343,7 +363,12 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
     if stop.signum is not None:
         # rows that finished (state record published) before the pipeline stopped, never returned to the driver
         missing = [r for r in todo if r.row not in by_row]
-        for saved in published_results(config.output_uri, run_id, [r.id for r in missing], options).values():
+        try:
+            finished = published_results(config.output_uri, run_id, [r.id for r in missing], options)
+        except Exception as e:  # the store is gone too: those rows count as interrupted, a rerun finds them
+            log.warning("cannot list the rows that finished (%s: %s)", type(e).__name__, e)
+            finished = {}
+        for saved in finished.values():
             by_row[saved["row"]] = saved
     for r in by_row.values():
         tags = json.loads(r.pop("tags") or "{}")
@@ -364,19 +389,30 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
     records.sort(key=lambda rec: rec["row"])
     results = results_frame(records, tag_columns)
     results_uri = storage.join(config.output_uri, "results", f"{run_id}.parquet")
-    write_results(results, results_uri, options)
+    store_error = None
+    try:
+        with_retries(lambda: write_results(results, results_uri, options), f"writing {results_uri}")
+    except Exception as e:  # the output store is unreachable: keep the results here and say where
+        local = Path(tempfile.gettempdir()) / f"eartalk-results-{run_id}.parquet"
+        write_results(results, str(local))
+        store_error = (f"the results could not be written to {results_uri} ({type(e).__name__}: {e}); "
+                       f"a local copy is at {local}")
+        log.error(store_error)
+        results_uri = str(local)
 
     counts = {s: int((results["status"] == s).sum()) for s in ("ok", "failed", "skipped")}
     frames = int(results.loc[results["status"] == "ok", "frames"].fillna(0).sum())
     wall_s = time.perf_counter() - started
     failed_fraction = counts["failed"] / max(1, len(results))
     exit_code = 1 if failed_fraction > config.max_failed_fraction else 0
+    if store_error:
+        exit_code = 1
     if stop.signum is not None:
         exit_code = 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     mlflow_run_id = log_to_mlflow(config, run_id, checkpoint, model_config, model_version, results, results_uri, counts,
-                                  frames, wall_s, stage_s, stop.name)
+                                  frames, wall_s, stage_s, stop.name, store_error)
     return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results, stage_s,
-                         stop.name)
+                         stop.name, store_error)
 
 
 def measure_published(saved: list[dict], options: storage.StorageOptions, stop: StopSignals) -> dict[str, dict]:
@@ -491,7 +527,7 @@ class storage_local_checkpoint:
 
 def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_config: GeneratorConfig, model_version: str,
                   results: pd.DataFrame, results_uri: str, counts: dict, frames: int, wall_s: float, stage_s: dict,
-                  interrupted: str | None = None) -> str | None:
+                  interrupted: str | None = None, store_error: str | None = None) -> str | None:
     """One MLflow run per job, from the driver only; a job a stop signal ended early ends KILLED."""
     import mlflow
 
@@ -512,7 +548,8 @@ def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_conf
         mlflow.set_tags({"eartalk.job": "render", "eartalk.results_uri": results_uri,
                          "eartalk.output_uri": config.output_uri, "eartalk.manifest_uri": config.manifest_uri,
                          "eartalk.model_version": model_version, "eartalk.run_id": run_id, **config.mlflow_tags,
-                         **({"eartalk.interrupted": interrupted} if interrupted else {})})
+                         **({"eartalk.interrupted": interrupted} if interrupted else {}),
+                         **({"eartalk.store_error": store_error[:5000]} if store_error else {})})
         # the rows rendered by this run only, as `frames` counts (skipped rows keep an earlier run's render_s)
         render_s = float(results.loc[results["status"] == "ok", "render_s"].fillna(0).sum())
         metrics = {"rows_ok": counts["ok"], "rows_failed": counts["failed"], "rows_skipped": counts["skipped"],
@@ -523,6 +560,7 @@ def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_conf
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         summary = {"run_id": run_id, "results_uri": results_uri, "counts": counts, "frames": frames,
                    "wall_s": round(wall_s, 3), "model_version": model_version, "interrupted": interrupted,
+                   "store_error": store_error,
                    "failed": results.loc[results["status"] == "failed", ["id", "error"]].to_dict("records")}
         mlflow.log_dict(summary, "summary.json")
     if interrupted:  # FINISHED would read as a complete job; KILLED is MLflow's status for a stopped one

@@ -267,7 +267,11 @@ def record(row: dict, *, options: storage.StorageOptions) -> dict:
     result = {k: v for k, v in row.items() if k not in HEAVY_COLUMNS}
     if result["status"] == "ok":
         uri = state_uri(result["output_root"], result["run_id"], result["id"])
-        storage.publish_bytes(json.dumps(result, default=str).encode(), uri, options)
+        try:
+            storage.publish_bytes(json.dumps(result, default=str).encode(), uri, options)
+        except Exception as e:  # the store is gone (s3fs has retried): not durably done, so a rerun renders it
+            traceback.print_exc()
+            result.update(status="failed", error=short_error("record", result, f"{type(e).__name__}: {e}"))
     return result
 
 

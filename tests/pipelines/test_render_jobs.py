@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,7 +76,6 @@ def test_a_resume_measures_what_an_earlier_run_published_unmeasured(tmp_path, tw
                                                                     ray_local):
     """Regression guard: rows published by a run without metrics came back 'skipped' on every later run with
     every metric null and nothing saying why; now the resume measures them, and says why when it cannot."""
-    import json
 
     from pipelines.render import RenderConfig, run_render
 
@@ -172,3 +173,63 @@ def test_a_signalled_driver_records_what_finished_and_a_rerun_finishes_the_job(t
     assert sorted(p.name for p in state.iterdir()) == [f"{i}.json" for i in sorted(ids)]
     for i in ids:
         check_video(videos / f"{i}.mp4", expected_audio_s=1.0)
+
+
+def test_an_object_store_lost_mid_run_fails_the_job_clearly_with_a_local_copy_and_an_mlflow_run(
+        tmp_path, monkeypatch, ten_clips, random_tiny_checkpoint, ray_local):
+    """Regression guard: with the S3 endpoint stopped mid-run, the driver crashed writing the results with a
+    raw EndpointConnectionError: no summary and no MLflow run. A moto server of this test's own, stopped
+    once the first row is published."""
+    import threading
+
+    import boto3
+    from mlflow.tracking import MlflowClient
+
+    from metrics.schema import read_results
+    from pipelines.render import RenderConfig, run_render
+    from tests.conftest import free_port, wait_for_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the driver keeps its local copy
+    try:
+        wait_for_port(port, proc=server)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="lost")
+
+        def stop_after_first_row() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                listed = s3.list_objects_v2(Bucket="lost", Prefix="out/state/").get("Contents", [])
+                if any("/.tmp-" not in o["Key"] for o in listed):  # a record published, not one in flight
+                    server.kill()
+                    return
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=stop_after_first_row, daemon=True)
+        watcher.start()
+        tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        manifest = write_jsonl(ten_clips.parent / "three.jsonl",
+                               [json.loads(line) for line in ten_clips.read_text().splitlines()[:3]])
+        outcome = run_render(RenderConfig(manifest_uri=str(manifest), output_uri="s3://lost/out", run_id="lost",
+                                          checkpoint=str(random_tiny_checkpoint), metrics=False, rows_per_batch=1,
+                                          s3_endpoint=endpoint, tracking_uri=tracking))
+        watcher.join(timeout=5)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    assert server.returncode is not None and outcome.exit_code == 1
+    assert outcome.store_error.startswith("the results could not be written to s3://lost/out/results/lost.parquet")
+    local = tmp_path / "eartalk-results-lost.parquet"
+    assert outcome.results_uri == str(local) and f"a local copy is at {local}" in outcome.store_error
+    df = read_results(str(local))
+    assert sorted(df["id"]) == ["clip0", "clip1", "clip2"] and (df["status"] == "ok").sum() >= 1
+    client = MlflowClient(tracking)
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.data.tags["eartalk.store_error"] == outcome.store_error
+    assert run.data.tags["eartalk.results_uri"] == str(local)
