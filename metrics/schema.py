@@ -37,6 +37,8 @@ BASE_COLUMNS: dict[str, pa.DataType] = {
     "fps": pa.float64(),
     "width": pa.int64(),
     "height": pa.int64(),
+    "framing": pa.string(),  # 'portrait' (the face composited into the portrait) | 'crop' (faces/composite.py)
+    "face_upscaled": pa.bool_(),  # the portrait's face is smaller than the model's crop, so the crop was upscaled
     "render_s": pa.float64(),
     "encode_s": pa.float64(),
     "model_version": pa.string(),

@@ -10,7 +10,7 @@ import pytest
 
 from metrics.aggregate import aggregate_metrics
 from metrics.schema import (METRIC_COLUMNS, RESULT_SCHEMA_VERSION, SCHEMA_VERSION_KEY, SchemaError, read_results,
-                            results_schema, results_table, write_results)
+                            results_frame, results_schema, results_table, write_results)
 
 
 def rows(n: int = 10, failed: int = 1) -> pa.Table:
@@ -96,3 +96,15 @@ def test_aggregates_use_stable_names_and_skip_failed_and_missing():
     assert not any(k.startswith(("quality/metrics_", "quality/render_s")) for k in timed)
     skipped = frame.assign(status=["skipped"] * len(frame))
     assert aggregate_metrics(skipped)["quality/failure_rate"] == 0.0
+
+
+def test_a_rows_framing_and_upscaled_face_reach_the_results_file(tmp_path):
+    """Regression guard: the framing a row was rendered with and the upscaled-face flag were dropped from
+    the results Parquet (they were not schema columns), though the render actor reports both."""
+    records = [{"id": "p", "status": "ok", "framing": "portrait", "face_upscaled": True, "row": 0},
+               {"id": "c", "status": "ok", "framing": "crop", "face_upscaled": False, "row": 1}]
+    write_results(results_frame(records, []), str(tmp_path / "r.parquet"))
+    table = read_results(str(tmp_path / "r.parquet")).set_index("id")
+    assert table.loc["p", "framing"] == "portrait" and bool(table.loc["p", "face_upscaled"]) is True
+    assert table.loc["c", "framing"] == "crop" and bool(table.loc["c", "face_upscaled"]) is False
+    assert "row" not in table
