@@ -83,8 +83,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20000)
     args = parser.parse_args()
 
-    import s3fs
-
     import storage
     from pipelines.manifest import read_manifest, validate_rows
     from pipelines.render import RenderConfig, previous_results
@@ -95,8 +93,7 @@ def main() -> None:
            "AWS_DEFAULT_REGION": "us-east-1", "RAY_USAGE_STATS_ENABLED": "0"}
     os.environ.update(env)
     try:
-        fs = s3fs.S3FileSystem(key="testing", secret="testing",
-                               client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"})
+        fs, _ = storage.filesystem(f"s3://{BUCKET}", storage.StorageOptions.from_env())
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
