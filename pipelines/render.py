@@ -42,7 +42,7 @@ import storage
 from metrics.schema import results_frame, write_results
 
 from .inputs import LIMITS, InputError, InputPolicy, probe_local
-from .manifest import FRAMINGS, SAFE_ID, ManifestError, read_manifest, validate_rows
+from .manifest import FRAMINGS, SAFE_ID, ManifestError, ManifestRow, read_manifest, validate_rows
 from .stages import HEAVY_COLUMNS, STATE_DIR, VIDEO_DIR, RenderActor, load_assets, measure, measure_saved, record
 
 if TYPE_CHECKING:
@@ -346,7 +346,10 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
             # a batch of ok and failed rows holds NaN where a failed row has no figure: skip those
             stage_s[key.removesuffix("_s")] = float(sum(v for r in rendered if (v := r.get(key)) and not math.isnan(v)))
 
-    unmeasured = [saved for saved in done.values() if "metrics_error" not in saved]  # measuring sets it, "" when fine
+    # measuring sets metrics_error ("" when fine); a record keeps no stage inputs, so the manifest row gives them
+    by_id = {r.id: r for r in rows}
+    unmeasured = [{**saved, **measure_inputs(by_id[saved["id"]], config.output_uri, run_id)}
+                  for saved in done.values() if "metrics_error" not in saved]
     if unmeasured and config.metrics and stop.signum is None:
         t0 = time.perf_counter()
         done.update(measure_published(unmeasured, options, stop))
@@ -413,6 +416,12 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
                                   frames, wall_s, stage_s, stop.name, store_error)
     return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results, stage_s,
                          stop.name, store_error)
+
+
+def measure_inputs(row: ManifestRow, output_uri: str, run_id: str) -> dict:
+    """What measuring and recording a published video read besides its state record: the row's inputs."""
+    return {"row": row.row, "portrait": row.portrait, "controls": row.controls or "",
+            "reference_video": row.reference_video or "", "output_root": output_uri, "run_id": run_id}
 
 
 def measure_published(saved: list[dict], options: storage.StorageOptions, stop: StopSignals) -> dict[str, dict]:

@@ -1,5 +1,6 @@
 """run_nightly on a night that died mid-render and is run again: the real render job (shipped checkpoint;
-no Ray, since every row of the attempt was already published), the ledger and MLflow on sqlite."""
+nothing renders again, since every row of the attempt was already published; the rerun only measures the
+published videos that were never measured, on Ray), the ledger and MLflow on sqlite."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 
 from nightly import tracking
 from nightly.catalog import hash_pairs, read_catalog
@@ -44,6 +46,7 @@ def crashed_night(tmp_path: Path, shared_media: Path, **options) -> NightlyConfi
     return config
 
 
+@pytest.mark.ray  # the rerun measures the published videos on Ray
 def test_rows_published_before_a_crash_count_as_rendered_on_the_rerun(tmp_path, shared_media, mlflow_tracking_uri):
     """Regression guard: the render reports such rows as 'skipped'; recorded as is, they counted as failed
     (exit 1) and the next night planned them as new, rendering them a second time."""
