@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from faces import align_face  # noqa: E402
 from media import encode_mp4, load_audio, load_image  # noqa: E402
 from metrics import compute_video_metrics  # noqa: E402
-from model import DEFAULT_CHECKPOINT, CheckpointError, Generator, RenderRequest, get_preset, load_checkpoint  # noqa: E402
+from model import (AUDIO_SAMPLE_RATE, DEFAULT_CHECKPOINT, CheckpointError, Generator, RenderRequest, get_preset,  # noqa: E402
+                   load_checkpoint)
+from model.frames import images_to_tensor, tensor_to_images  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 FPS = 25.0
@@ -44,18 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     size = generator.config.image_size
     portrait_path = media / "portraits" / "obama.jpg"
     portrait = align_face(load_image(portrait_path), size).image
-    audio = load_audio(media / "speech" / "english.wav")[: int(args.seconds * 16000)]
-    request = RenderRequest(torch.from_numpy(portrait).permute(2, 0, 1).float() / 255.0, torch.from_numpy(audio), FPS)
+    audio = load_audio(media / "speech" / "english.wav")[: int(args.seconds * AUDIO_SAMPLE_RATE)]
+    request = RenderRequest(images_to_tensor(portrait), torch.from_numpy(audio), FPS)
     num_frames = generator.num_frames(len(audio), FPS)
     with torch.inference_mode():
         start = time.perf_counter()
         frames = [f[0] for _, f in zip(range(num_frames), generator.stream([request]))]
         render_s = time.perf_counter() - start
-    images = [(f.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy() for f in frames]
+    images = list(tensor_to_images(torch.stack(frames)))
     video_s = len(images) / FPS
     with tempfile.TemporaryDirectory() as scratch:
         video = Path(scratch) / "tiny.mp4"
-        encode_mp4(video, images, FPS, audio, 16000)
+        encode_mp4(video, images, FPS, audio, AUDIO_SAMPLE_RATE)
         compute_video_metrics(video, portrait_path=portrait_path)  # warm-up: dlib model load
         start = time.perf_counter()
         tiny = compute_video_metrics(video, portrait_path=portrait_path)

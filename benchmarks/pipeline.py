@@ -46,6 +46,7 @@ def bare_frames_per_s(checkpoint: str, manifest: Path, batch: int, threads: int)
     from faces import align_face
     from media import load_audio, load_image
     from model import RenderRequest, load_checkpoint, prepare_for_inference
+    from model.frames import images_to_tensor, tensor_to_images
 
     torch.set_num_threads(threads)
     generator, _ = prepare_for_inference(load_checkpoint(checkpoint), "cpu")
@@ -54,12 +55,12 @@ def bare_frames_per_s(checkpoint: str, manifest: Path, batch: int, threads: int)
     requests = []
     for r in rows:
         face = align_face(load_image(r["portrait"]), size).image
-        requests.append(RenderRequest(torch.from_numpy(face).permute(2, 0, 1).float() / 255, torch.from_numpy(load_audio(r["audio"]))))
+        requests.append(RenderRequest(images_to_tensor(face), torch.from_numpy(load_audio(r["audio"]))))
     frames, start = 0, time.perf_counter()
     for i in range(0, len(requests), batch):
         chunk = requests[i : i + batch]
         for step in generator.stream(chunk):
-            (step.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # same conversion as the actor
+            tensor_to_images(step)  # the actor's conversion, so the bare loop does the same work
             frames += len(chunk)
     return frames / (time.perf_counter() - start)
 
