@@ -8,7 +8,10 @@ Prints one JSON object:
   generator on the same number of threads as the pipeline's render actor, measured before and after the
   pipeline and the faster one kept (the ratio errs low on a shared machine; goal >= 0.90);
 - stage_share: share of the summed stage time spent reading/decoding inputs, rendering, encoding,
-  uploading and measuring (metrics measured on a few clips of a second run, scaled per clip).
+  uploading and measuring (metrics measured on a few clips of a second run, scaled per clip);
+- composite_vs_render: time spent compositing faces back into the portraits (framing `portrait`, the
+  default; the shared portraits come out at the 1024 px max side) over rendering time (goal <= 0.15).
+  Compositing is part of `encoding` in stage_share, as the actor does it frame by frame while encoding.
 Not a test: numbers depend on the machine; compare ratios from one run.
 """
 
@@ -106,6 +109,7 @@ def main() -> None:
             "pipeline_vs_bare": round(pipeline_fps / bare_fps, 3),
             "stage_share": {k: round(v / total, 3) for k, v in stages.items()},
             "stage_s": {k: round(v, 2) for k, v in stages.items()},
+            "composite_vs_render": round(s.get("composite", 0.0) / max(s.get("render", 0.0), 1e-9), 3),
             "wall_s": round(outcome.wall_s, 2),
         }))
 

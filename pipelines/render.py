@@ -342,7 +342,7 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
             stop.armed = False
             rows_out.close()  # shuts the streaming executor down: its actors take no more rows
         stage_s["pipeline"] = time.perf_counter() - t0
-        for key in ("load_s", "render_s", "encode_s", "upload_s", "metrics_s"):
+        for key in ("load_s", "render_s", "encode_s", "composite_s", "upload_s", "metrics_s"):
             # a batch of ok and failed rows holds NaN where a failed row has no figure: skip those
             stage_s[key.removesuffix("_s")] = float(sum(v for r in rendered if (v := r.get(key)) and not math.isnan(v)))
 

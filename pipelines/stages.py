@@ -188,7 +188,7 @@ class RenderActor:
                 writers.append(Mp4Writer(paths[-1], float(r["fps"])))
                 # framing `portrait`: each crop goes back into the whole portrait before encoding (None: the crop alone)
                 compositors.append(Compositor.from_plan(r, self.size) if r.get("composite_json") else None)
-            render_s, encode_s = 0.0, [0.0] * len(rows)
+            render_s, encode_s, composite_s = 0.0, [0.0] * len(rows), [0.0] * len(rows)
             t0 = time.perf_counter()
             for t, frames in enumerate(self.generator.stream(requests)):
                 images = tensor_to_images(frames)  # (B, S, S, 3) uint8
@@ -196,7 +196,12 @@ class RenderActor:
                 render_s += t1 - t0
                 for i, r in enumerate(rows):  # the composite's time counts as encoding: both are the frame's CPU work
                     if t < r["num_frames"]:
-                        writers[i].add(compositors[i](images[i]) if compositors[i] else images[i])
+                        frame = images[i]
+                        if compositors[i]:
+                            tc = time.perf_counter()
+                            frame = compositors[i](frame)
+                            composite_s[i] += time.perf_counter() - tc  # reported apart too (its share of render)
+                        writers[i].add(frame)
                 t0 = time.perf_counter()
                 for i in range(len(rows)):
                     encode_s[i] += (t0 - t1) / len(rows)
@@ -207,6 +212,7 @@ class RenderActor:
                     writers[i].close(np.frombuffer(r["audio_pcm"], np.float32))
                     encode_s[i] += time.perf_counter() - t1
                     self.publish(r, paths[i], render_s * r["num_frames"] / total_frames, encode_s[i])
+                    r["composite_s"] = composite_s[i]
                 except Exception as e:  # this row's encode/upload failed; the rows beside it are fine
                     r.update(status="failed", error=short_error("encode/publish", r, f"{type(e).__name__}: {e}"))
                     traceback.print_exc()
