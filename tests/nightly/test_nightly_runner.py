@@ -10,7 +10,6 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import pytest
 
 from nightly import tracking
 from nightly.catalog import hash_pairs, read_catalog
@@ -46,8 +45,8 @@ def crashed_night(tmp_path: Path, shared_media: Path, **options) -> NightlyConfi
     return config
 
 
-@pytest.mark.ray  # the rerun measures the published videos on Ray
-def test_rows_published_before_a_crash_count_as_rendered_on_the_rerun(tmp_path, shared_media, mlflow_tracking_uri):
+def test_rows_published_before_a_crash_count_as_rendered_on_the_rerun(tmp_path, shared_media, mlflow_tracking_uri,
+                                                                     ray_local):
     """Regression guard: the render reports such rows as 'skipped'; recorded as is, they counted as failed
     (exit 1) and the next night planned them as new, rendering them a second time."""
     config = crashed_night(tmp_path, shared_media, tracking_uri=mlflow_tracking_uri)
@@ -59,7 +58,7 @@ def test_rows_published_before_a_crash_count_as_rendered_on_the_rerun(tmp_path, 
     assert again.to_render == [] and len(again.unchanged) == 2
 
 
-def test_tracking_uri_from_the_environment_is_used_by_the_render_too(tmp_path, shared_media, monkeypatch):
+def test_tracking_uri_from_the_environment_is_used_by_the_render_too(tmp_path, shared_media, monkeypatch, ray_local):
     """Regression guard: with MLFLOW_TRACKING_URI set and no --tracking-uri, the render switched MLflow to its
     own default (sqlite:///mlflow.db in the working directory) while the nightly's client stayed on the
     environment's store, so the night run was opened in the wrong store."""
@@ -81,7 +80,7 @@ def test_tracking_uri_from_the_environment_is_used_by_the_render_too(tmp_path, s
 
 
 def test_pairs_the_catalog_cannot_render_fail_alone_and_the_rest_renders(tmp_path, shared_media,
-                                                                         mlflow_tracking_uri):
+                                                                         mlflow_tracking_uri, ray_local):
     """Regression guard: one item with two portraits, an orphan control track or an unsafe folder name made
     the whole night exit 2 with nothing rendered."""
     config = crashed_night(tmp_path, shared_media, tracking_uri=mlflow_tracking_uri)
@@ -107,7 +106,8 @@ def test_pairs_the_catalog_cannot_render_fail_alone_and_the_rest_renders(tmp_pat
 
 
 def test_a_baseline_that_names_no_run_exits_2_naming_it_after_the_night_is_recorded(tmp_path, shared_media,
-                                                                                   mlflow_tracking_uri, capsys):
+                                                                                   mlflow_tracking_uri, capsys,
+                                                                                   ray_local):
     from jobs.nightly_dubbing import main
 
     config = crashed_night(tmp_path, shared_media)
