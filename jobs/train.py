@@ -38,6 +38,8 @@ log = logging.getLogger("eartalk.train")
 # flags that set a training.config.LossConfig field of the same name (None: the default, or on resume the run's)
 LOSS_FLAGS = ("history_noise", "self_forcing", "control_dropout", "change_weight", "mouth_weight",
               "vae_region_weight", "vae_blink_weight")
+# flags that set a model.GeneratorConfig field of the same name (None: the preset's, or on resume the run's)
+MODEL_FLAGS = ("head", "flow_width", "flow_layers", "flow_steps", "flow_noise_std")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,6 +89,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vae-lid-layer", action="store_true",
                    help="give the VAE decoder its lid layer (GeneratorConfig.vae_lid_layer; the tiny preset has it); "
                         "with --init-from a checkpoint without it, it grows blended in at almost zero")
+    p.add_argument("--head", choices=("regression", "flow"), default=None,
+                   help="output head (GeneratorConfig.head; default the preset's): 'flow' samples each frame "
+                        "token's latent with a flow-matching MLP; with --init-from a regression checkpoint, "
+                        "everything but the head is taken from it and the flow head starts fresh")
+    p.add_argument("--flow-width", type=int, default=None, help="flow head's MLP width (GeneratorConfig.flow_width)")
+    p.add_argument("--flow-layers", type=int, default=None,
+                   help="flow head's adaLN blocks (GeneratorConfig.flow_layers)")
+    p.add_argument("--flow-steps", type=int, default=None,
+                   help="flow head's Euler steps per frame when sampling (GeneratorConfig.flow_steps)")
+    p.add_argument("--flow-noise-std", type=float, default=None,
+                   help="std of the noise the flow path starts from (GeneratorConfig.flow_noise_std)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (e.g. sqlite:///out/mlflow.db)")
     p.add_argument("--experiment", default="eartalk-train")
     p.add_argument("--max-minutes", type=float, default=None, help="stop stage 2 after this wall time")
@@ -111,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     # preflight: fail fast on inputs that cannot work, before anything is written; TrainConfig checks
     # every value, and its error names the field, which is written here as the flag that sets it
     model_overrides = {name: True for name in ("audio_level", "audio_mouth", "vae_lid_layer") if getattr(args, name)}
+    model_overrides.update({name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None})
     loss_overrides = {name: getattr(args, name) for name in LOSS_FLAGS if getattr(args, name) is not None}
     ds_config = Path(args.deepspeed_config or DEFAULT_DEEPSPEED_CONFIG)
     try:

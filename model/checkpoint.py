@@ -168,6 +168,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu", e
 
 # fields a fine-tuning run may switch on over its starting checkpoint, and how each grows the weights
 GROWABLE_FIELDS = frozenset({"audio_level", "audio_mouth", "vae_lid_layer"})
+# the flow head's fields: they shape no weight of a regression checkpoint, and flow_steps (the sampler's
+# Euler steps) and flow_noise_std (where the path starts) shape none of a flow checkpoint's either
+FLOW_FIELDS = frozenset({"flow_width", "flow_layers", "flow_steps", "flow_noise_std"})
+FLOW_SAMPLING_FIELDS = frozenset({"flow_steps", "flow_noise_std"})
 
 
 def _grow_audio_input(weight: torch.Tensor, config: GeneratorConfig) -> torch.Tensor:
@@ -183,11 +187,16 @@ def _grow_audio_input(weight: torch.Tensor, config: GeneratorConfig) -> torch.Te
 def fine_tune_refusals(checkpoint: GeneratorConfig, new: GeneratorConfig) -> dict[str, tuple]:
     """Architecture fields a fine-tuning run cannot change from its checkpoint: name -> (checkpoint, new).
 
-    Every field shapes the weights; GROWABLE_FIELDS may be switched on.
+    Every field shapes the weights; GROWABLE_FIELDS may be switched on, and a regression checkpoint may be
+    fine-tuned into the flow head (`head` regression -> flow, with any flow fields: everything but the
+    head is taken over, the flow head starts fresh). Between flow checkpoints the sampling fields may change.
     """
     old, target = checkpoint.to_dict(), new.to_dict()
     differ = {k: (old[k], target[k]) for k in target if old[k] != target[k]}
-    return {k: v for k, v in differ.items() if k not in GROWABLE_FIELDS or v != (False, True)}
+    to_flow = (old["head"], target["head"]) == ("regression", "flow")
+    free = (FLOW_FIELDS | {"head"}) if to_flow else FLOW_SAMPLING_FIELDS if old["head"] == "flow" else FLOW_FIELDS
+    return {k: v for k, v in differ.items()
+            if k not in free and (k not in GROWABLE_FIELDS or v != (False, True))}
 
 
 def init_from_checkpoint(generator: Generator, directory: str | Path) -> dict[str, str]:
@@ -210,5 +219,11 @@ def init_from_checkpoint(generator: Generator, directory: str | Path) -> dict[st
     if source.config.vae_lid_layer != generator.config.vae_lid_layer:
         state.update({k: v for k, v in generator.state_dict().items() if k.startswith(("vae.to_lid.", "vae.to_lid_flow.", "vae.lid_readout."))})
         grown["vae_lid_layer"] = "lid layer added, blended in at almost zero"
+    if source.config.head != generator.config.head:
+        # the regression head's linear layer has no counterpart in the flow head's MLP; the flow head starts
+        # as built (adaLN-zero: zero velocity), on the checkpoint's transformer, audio, controls and VAE
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state.update({k: v for k, v in generator.state_dict().items() if k.startswith("flow_head.")})
+        grown["flow_head"] = "regression head replaced by a fresh flow head"
     generator.load_state_dict(state)
     return grown

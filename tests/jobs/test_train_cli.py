@@ -117,3 +117,33 @@ def test_deepspeed_launcher_command_parses_in_the_launcher_and_in_every_rank():
     # the docstring's command uses the launcher's flags too
     documented = next(line for line in train_doc.splitlines() if line.strip().startswith("deepspeed "))
     assert launcher_parse_args(shlex.split(documented.rstrip("\\"))[1:]).module
+
+
+def test_head_flags_reach_the_model_config_and_the_shipped_tiny_fine_tunes_into_the_flow_head():
+    import storage
+    from jobs.train import MODEL_FLAGS, _init_from_problem, parse_args
+    from training.config import TrainConfig
+
+    args = parse_args(["--dataset", "synthetic", "--output", "o", "--head", "flow", "--flow-steps", "2",
+                       "--flow-width", "128"])
+    overrides = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None}
+    model = TrainConfig(dataset="d", output="o", model_overrides=overrides).model_config()
+    assert (model.head, model.flow_steps, model.flow_width, model.flow_layers) == ("flow", 2, 128, 3)
+    tiny = str(REPO / "model" / "checkpoints" / "tiny")
+    assert _init_from_problem(tiny, "tiny", model, storage.StorageOptions()) is None
+    import dataclasses
+
+    problem = _init_from_problem(tiny, "tiny", dataclasses.replace(model, n_layers=2), storage.StorageOptions())
+    assert "'n_layers': (5, 2)" in problem and "head" not in problem
+
+
+def test_train_refuses_bad_flow_head_flags_naming_the_flag(tmp_path):
+    proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--head", "flow", "--flow-width", "0",
+                   timeout=120)
+    assert proc.returncode == 2 and "--flow-width must be >= 1, got 0" in proc.stderr
+    proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--head", "flow", "--audio-mouth",
+                   timeout=120)
+    assert proc.returncode == 2 and "--audio-mouth adds to the regression head's delta" in proc.stderr
+    proc = run_cli("--dataset", "synthetic", "--output", str(tmp_path / "o"), "--head", "mean", timeout=120)
+    assert proc.returncode == 2 and "invalid choice: 'mean'" in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -241,3 +241,33 @@ def test_weights_check_names_the_first_tensor_of_another_shape_and_a_corrupt_hea
     (saved / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or not a safetensors file"):
         check_weights(saved)
+
+
+def test_fine_tuning_a_regression_checkpoint_into_the_flow_head_takes_every_weight_but_the_head(tmp_path):
+    import dataclasses
+
+    from model import Generator
+    from model.checkpoint import fine_tune_refusals, init_from_checkpoint
+
+    old = small_generator()
+    path = save_checkpoint(old, tmp_path / "old")
+    flow_config = dataclasses.replace(old.config, head="flow", flow_width=32, flow_layers=2, flow_steps=3)
+    torch.manual_seed(1)
+    flow = Generator(flow_config)
+    fresh = {k: v.clone() for k, v in flow.state_dict().items() if k.startswith("flow_head.")}
+    assert init_from_checkpoint(flow, path) == {"flow_head": "regression head replaced by a fresh flow head"}
+    state, before = flow.state_dict(), old.state_dict()
+    assert not any(k.startswith("head.") for k in state)
+    for name, tensor in before.items():
+        if not name.startswith("head."):
+            assert torch.equal(state[name], tensor), name
+    for name, tensor in fresh.items():  # the flow head as built: adaLN-zero, so zero velocity at the start
+        assert torch.equal(state[name], tensor), name
+    assert not flow.flow_head.out.weight.any() and not flow.flow_head.out_modulation.weight.any()
+    # the sampler's settings may change between flow checkpoints, its shape may not; back to regression neither
+    flow_path = save_checkpoint(flow, tmp_path / "flow")
+    assert fine_tune_refusals(flow.config, dataclasses.replace(flow_config, flow_steps=8, flow_noise_std=0.5)) == {}
+    with pytest.raises(CheckpointError, match=r"flow_width.*\(32, 64\)"):
+        init_from_checkpoint(Generator(dataclasses.replace(flow_config, flow_width=64)), flow_path)
+    with pytest.raises(CheckpointError, match=r"head.*\('flow', 'regression'\)"):
+        init_from_checkpoint(Generator(old.config), flow_path)
