@@ -30,9 +30,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-# whole speakers kept out of training, for the held-out motion and sync figures (English, frontal, 25 fps)
-HELD_OUT_SPEAKERS = ("sadtalker_WDA_BobMenendez_000.mp4", "sadtalker_RD_Radio34_000.mp4", "mimictalk_Trump_10s.mp4",
-                     "megactor_ENTF_2.mp4")
+# whole speakers kept out of training, for acceptance's held-out motion and sync figures
+from training.acceptance import HELD_OUT_SPEAKERS  # noqa: E402
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
 
 log = logging.getLogger("train_on_gpu")
@@ -60,10 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="held-out speech for acceptance (default MEDIA/speech/english.wav)")
     p.add_argument("--accept-seconds", type=float, default=60.0, help="length of acceptance's identity/drift video")
     p.add_argument("--accept-blink-seconds", type=float, default=20.0)
+    p.add_argument("--accept-speakers", nargs="+", default=list(HELD_OUT_SPEAKERS),
+                   help="held-out corpus videos acceptance measures amplitude and sync on (of HELD_OUT_SPEAKERS)")
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.accept_speech = args.accept_speech or args.media / "speech" / "english.wav"
+    args.accept_speakers = tuple(args.accept_speakers)
     return args
 
 
@@ -186,12 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     final = copy_checkpoint(result.final_checkpoint, args.output / "final")
     write_curves(result.history, args.output)
     report = run_acceptance(str(final), args.media / "portraits" / "biden.jpg", args.accept_speech,
-                            args.output / "acceptance", args.accept_seconds, None, args.accept_blink_seconds)
+                            args.output / "acceptance", args.accept_seconds, None, args.accept_blink_seconds,
+                            args.media / "corpus", args.accept_speakers)
     summary = {"device": torch.cuda.get_device_name() if gpu else "cpu", "final": str(final),
                "steps": result.steps_done, "data_minutes": round(data_minutes, 2),
                "train_minutes": round(train_minutes, 2),
                "last": {k: v[-1][1] for k, v in result.history.items() if v},
-               "acceptance_all_pass": report.get("all_pass")}
+               "acceptance_all_pass": report.get("all_pass"),
+               "mouth_amplitude_ratio": report["mouth_amplitude"]["ratio"],
+               "held_out_sync": f"{report['held_out_sync']['passed']} of {report['held_out_sync']['of']}"}
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0

@@ -22,6 +22,18 @@ video to the output folder and returns its figures with a `pass` verdict; the me
 
 `sync_survey` measures the sync bar on more clips, outside the pass: one short clip's sync confidence
 is noisy, a handful of clips says more.
+
+Talking on held-out speakers (issue: a generator whose mouth visibly moves), when a corpus folder is given:
+the real corpus videos of HELD_OUT_SPEAKERS (never in training: scripts/train_on_gpu.py keeps them out)
+give their speech; the unseen portraits (the held-out portrait, and each held-out speaker's first frame
+speaking another held-out speaker's audio) are rendered speaking it.
+5. `mouth_amplitude_check`: the standard deviation of the mouth opening (inner-lip gap over the
+   inter-ocular distance) over the speech frames, mean over the generated videos, over the same figure
+   of the held-out speakers' real videos, cropped like the renders: pass = ratio >= MOUTH_AMPLITUDE_RATIO.
+6. `held_out_sync_check`: per generated video, metrics.sync.measure_sync (the one sync measure) against
+   its own speech and against each other held-out clip's speech (looped to its length): a video passes
+   when |offset| <= HELD_OUT_MAX_OFFSET frames and its own speech's confidence is above every
+   mismatched one; pass = more than half the videos pass.
 """
 
 from __future__ import annotations
@@ -55,6 +67,12 @@ BLINK_CLOSED_FRAME = 2  # the profile's closed frame
 BLINK_DIP = 0.8  # a detected blink: openness below this fraction of the clip's median
 BLINK_TOLERANCE = 3  # frames
 BLINK_RECALL = 0.8
+# whole corpus speakers kept out of training (English, frontal, 25 fps): their speech and faces are unseen
+HELD_OUT_SPEAKERS = ("sadtalker_WDA_BobMenendez_000.mp4", "sadtalker_RD_Radio34_000.mp4", "mimictalk_Trump_10s.mp4",
+                     "megactor_ENTF_2.mp4")
+MOUTH_AMPLITUDE_RATIO = 0.7  # generated mouth-opening std over the real held-out speakers'
+SPEECH_MARGIN_S = 0.12  # frames this close to a voiced one count as speech (closures inside words)
+HELD_OUT_MAX_OFFSET = 1  # frames either way
 
 
 def write_video(path: Path, frames: np.ndarray, audio: np.ndarray) -> Path:
@@ -230,14 +248,157 @@ def blink_check(generator, analyzer, portrait: np.ndarray, speech: np.ndarray, s
     return blink_figures(analyzer, frames, commanded)
 
 
-# ---------------------------------------------------------------- all four
+# ---------------------------------------------------------------- 5-6. talking on held-out speakers
+
+
+def mouth_openings(landmarks: np.ndarray) -> np.ndarray:
+    """(F, 68, 2) landmarks (NaN rows: no face) -> (F,) faces.mouth_opening: the inner-lip gap over the
+    inter-ocular distance (the face size, so any crop or frame size reads the same); NaN without a face."""
+    from faces import mouth_opening
+
+    return np.array([mouth_opening(m) if np.isfinite(m).all() else np.nan for m in landmarks])
+
+
+def speech_frames(audio: np.ndarray, sample_rate: int, fps: float, num_frames: int) -> np.ndarray:
+    """(F,) bool: voiced frames (metrics.sync's voicing) and those within SPEECH_MARGIN_S of one."""
+    import scipy.ndimage
+
+    from metrics.sync import frame_band_energy
+
+    _, voiced = frame_band_energy(audio, sample_rate, fps, num_frames)
+    margin = int(round(SPEECH_MARGIN_S * fps))
+    return scipy.ndimage.binary_dilation(voiced, iterations=margin) if margin else voiced
+
+
+def mouth_amplitude(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float) -> float | None:
+    """Std of the mouth opening over the speech frames with a face; None under 10 such frames."""
+    opening = mouth_openings(landmarks)
+    use = speech_frames(audio, sample_rate, fps, len(opening)) & np.isfinite(opening)
+    return float(np.std(opening[use])) if use.sum() >= 10 else None
+
+
+def sync_of(landmarks: np.ndarray, frames: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float) -> dict | None:
+    from metrics.sync import measure_sync
+
+    result = measure_sync(landmarks, audio, sample_rate, fps, frames=frames)
+    return None if result is None else {"offset_frames": result.offset_frames, "confidence": result.confidence}
+
+
+def fitted(audio: np.ndarray, samples: int) -> np.ndarray:
+    """`audio` looped or cut to `samples`."""
+    return np.tile(audio, int(np.ceil(samples / len(audio))))[:samples]
+
+
+def held_out_video_figures(frames: np.ndarray, audio: np.ndarray, mismatched: list[np.ndarray],
+                           sample_rate: int = AUDIO_SAMPLE_RATE, fps: float = FPS) -> dict:
+    """One video's mouth amplitude and sync: against its own speech and against each `mismatched` one."""
+    from metrics.video import track_landmarks
+
+    landmarks = track_landmarks(frames)
+    own = sync_of(landmarks, frames, audio, sample_rate, fps)
+    others = [sync_of(landmarks, frames, fitted(m, len(audio)), sample_rate, fps) for m in mismatched]
+    levels = [o["confidence"] for o in others if o is not None]
+    level = max(levels) if levels else None
+    passed = (own is not None and level is not None and abs(own["offset_frames"]) <= HELD_OUT_MAX_OFFSET
+              and own["confidence"] > level)
+    return {"amplitude": mouth_amplitude(landmarks, audio, sample_rate, fps),
+            "face_found": float(np.isfinite(landmarks).all(axis=(1, 2)).mean()), "sync": own,
+            "mismatched_confidence": level, "pass": bool(passed)}
+
+
+def held_out_clips(corpus: Path, speakers: tuple[str, ...] = HELD_OUT_SPEAKERS) -> list[dict]:
+    """The held-out speakers' real videos: {name, frames, fps, audio (16 kHz)}, in `speakers` order."""
+    from media import read_video
+
+    clips = []
+    for name in speakers:
+        path = Path(corpus) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: held-out corpus video not found")
+        video = read_video(str(path))
+        clips.append({"name": name, "frames": np.asarray(video.frames), "fps": float(video.fps),
+                      "audio": np.asarray(video.audio, np.float32)})
+    return clips
+
+
+def real_held_out_figures(clips: list[dict], size: int) -> list[dict]:
+    """The real videos' own mouth amplitude and sync, measured like the generated ones: every frame in the
+    canonical `size` crop of its first frame (as training/prepare.py crops the corpus), so that the face
+    is as large as in the rendered videos and the landmarks' jitter the same in both."""
+    from faces import align_face
+    from faces.align import warp_to_crop
+
+    results = []
+    for clip in clips:
+        transform = np.asarray(align_face(clip["frames"][0], size).transform, np.float64)
+        frames = np.stack([warp_to_crop(f, transform, size) for f in clip["frames"]])
+        others = [c["audio"] for c in clips if c is not clip]
+        figures = held_out_video_figures(frames, clip["audio"], others, AUDIO_SAMPLE_RATE, clip["fps"])
+        results.append({"clip": clip["name"], **figures})
+    return results
+
+
+def held_out_portraits(portrait: np.ndarray, clips: list[dict], size: int) -> list[tuple[str, np.ndarray, int]]:
+    """(name, aligned portrait, index of the clip whose speech it speaks): the held-out portrait speaks
+    every clip, and each held-out speaker's first frame speaks the next speaker's clip (never its own)."""
+    from faces import align_face
+
+    pairs = [("portrait", portrait, i) for i in range(len(clips))]
+    for i, clip in enumerate(clips):
+        face = np.ascontiguousarray(align_face(clip["frames"][0], size).image)
+        pairs.append((f"{Path(clip['name']).stem}_face", face, (i + 1) % len(clips)))
+    return pairs
+
+
+def talking_checks(generator, portrait: np.ndarray, corpus: Path, output: Path,
+                   speakers: tuple[str, ...] = HELD_OUT_SPEAKERS) -> dict:
+    """Checks 5 and 6 on the held-out speakers of `corpus`; videos in OUTPUT/held_out/."""
+    clips = held_out_clips(corpus, speakers)
+    real = real_held_out_figures(clips, generator.config.image_size)
+    folder = output / "held_out"
+    folder.mkdir(parents=True, exist_ok=True)
+    generated = []
+    for name, face, c in held_out_portraits(portrait, clips, generator.config.image_size):
+        audio = clips[c]["audio"]
+        frames = render_frames(generator, face, audio, FPS)
+        write_video(folder / f"{name}__{Path(clips[c]['name']).stem}.mp4", frames, audio)
+        others = [clip["audio"] for j, clip in enumerate(clips) if j != c]
+        generated.append({"portrait": name, "speech": clips[c]["name"],
+                          **held_out_video_figures(frames, audio, others)})
+    return {"mouth_amplitude": mouth_amplitude_figures(generated, real),
+            "held_out_sync": held_out_sync_figures(generated, real)}
+
+
+def mouth_amplitude_figures(generated: list[dict], real: list[dict]) -> dict:
+    model = [g["amplitude"] for g in generated if g["amplitude"] is not None]
+    truth = [r["amplitude"] for r in real if r["amplitude"] is not None]
+    ratio = float(np.mean(model) / np.mean(truth)) if model and truth else 0.0
+    return {"model": float(np.mean(model)) if model else None, "real": float(np.mean(truth)) if truth else None,
+            "ratio": ratio, "videos": len(model), "real_clips": len(truth),
+            "per_video": [{"portrait": g["portrait"], "speech": g["speech"], "amplitude": g["amplitude"]}
+                          for g in generated],
+            "per_real_clip": {r["clip"]: r["amplitude"] for r in real}, "pass": bool(ratio >= MOUTH_AMPLITUDE_RATIO)}
+
+
+def held_out_sync_figures(generated: list[dict], real: list[dict]) -> dict:
+    passed = sum(g["pass"] for g in generated)
+    return {"passed": int(passed), "of": len(generated),
+            "per_video": [{k: g[k] for k in ("portrait", "speech", "sync", "mismatched_confidence", "face_found", "pass")}
+                          for g in generated],
+            "real_videos": [{k: r[k] for k in ("clip", "sync", "mismatched_confidence", "pass")} for r in real],
+            "pass": bool(2 * passed > len(generated))}
+
+
+# ---------------------------------------------------------------- all of them
 
 
 def run_acceptance(checkpoint: str, portrait_path: Path, speech_path: Path, output: Path,
                    long_seconds: float = LONG_SECONDS, more_speech: list[Path] | None = None,
-                   blink_seconds: float = BLINK_SECONDS) -> dict:
+                   blink_seconds: float = BLINK_SECONDS, corpus: Path | None = None,
+                   speakers: tuple[str, ...] = HELD_OUT_SPEAKERS) -> dict:
     """Every check on one checkpoint; the report (also written to OUTPUT/acceptance.json) holds each
-    check's figures and verdict, and `all_pass`."""
+    check's figures and verdict, and `all_pass`. Without `corpus` the held-out speakers' checks (5, 6)
+    are not run and not part of the pass."""
     from faces import FaceAnalyzer, align_face
     from media import load_audio, load_image
     from model import load_checkpoint
@@ -256,7 +417,11 @@ def run_acceptance(checkpoint: str, portrait_path: Path, speech_path: Path, outp
     report["identity"] = identity_check(generator, analyzer, portrait, speech, long_seconds, output)
     report["yaw"] = yaw_check(generator, analyzer, portrait, speech, output)
     report["blinks"] = blink_check(generator, analyzer, portrait, speech, blink_seconds, output)
-    report["all_pass"] = all(report[k]["pass"] for k in ("sync", "identity", "yaw", "blinks"))
+    checks = ["sync", "identity", "yaw", "blinks"]
+    if corpus is not None:
+        report.update(talking_checks(generator, portrait, Path(corpus), output, tuple(speakers)))
+        checks += ["mouth_amplitude", "held_out_sync"]
+    report["all_pass"] = all(report[k]["pass"] for k in checks)
     report["seconds"] = round(time.monotonic() - started, 1)
     (output / "acceptance.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

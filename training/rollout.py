@@ -7,9 +7,10 @@ import numpy as np
 
 
 def render_frames(generator, portrait: np.ndarray, audio: np.ndarray, fps: float,
-                  controls: dict[str, np.ndarray] | None = None) -> np.ndarray:
+                  controls: dict[str, np.ndarray] | None = None, seed: int = 0) -> np.ndarray:
     """(F, S, S, 3) uint8 frames of `portrait` ((S, S, 3) uint8) speaking `audio` (mono float32 at
-    model.AUDIO_SAMPLE_RATE), F covering the audio; `controls` maps control names to (F,) tracks."""
+    model.AUDIO_SAMPLE_RATE), F covering the audio; `controls` maps control names to (F,) tracks; `seed`
+    is the request's (the flow head's noise; the regression head ignores it)."""
     import torch
 
     from model import RenderRequest
@@ -17,7 +18,7 @@ def render_frames(generator, portrait: np.ndarray, audio: np.ndarray, fps: float
 
     tensors = None if controls is None else {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in controls.items()}
     request = RenderRequest(portrait=images_to_tensor(portrait), audio=torch.from_numpy(np.asarray(audio, np.float32)),
-                            fps=fps, controls=tensors, seed=0)
+                            fps=fps, controls=tensors, seed=seed)
     count = generator.num_frames(len(audio), fps)
     frames = []
     with torch.no_grad():

@@ -103,6 +103,46 @@ def test_blink_bar_finds_commanded_blinks_and_fails_eyes_that_stay_open(biden, e
     assert open_eyes["detected"] == 0 and not open_eyes["pass"], open_eyes
 
 
+def test_mouth_amplitude_reads_a_talking_mouth_and_not_a_still_one(biden, english, speaking):
+    audio = english[1]
+    talking = acceptance.mouth_amplitude(track(speaking), audio, AUDIO_SAMPLE_RATE, FPS)
+    still_frames = np.repeat(biden.image[None], len(speaking), axis=0)
+    still = acceptance.mouth_amplitude(track(still_frames), audio, AUDIO_SAMPLE_RATE, FPS)
+    assert talking > 0.02 and still < 0.1 * talking, (talking, still)
+    speech = acceptance.speech_frames(audio, AUDIO_SAMPLE_RATE, FPS, len(speaking))
+    assert 0.3 < speech.mean() < 1.0  # the pauses between phrases are not speech
+    figures = acceptance.mouth_amplitude_figures(
+        [{"portrait": "p", "speech": "s", "amplitude": still}], [{"clip": "c", "amplitude": talking}])
+    assert figures["ratio"] < acceptance.MOUTH_AMPLITUDE_RATIO and not figures["pass"]
+    figures = acceptance.mouth_amplitude_figures(
+        [{"portrait": "p", "speech": "s", "amplitude": talking}], [{"clip": "c", "amplitude": talking}])
+    assert figures["ratio"] == 1.0 and figures["pass"]
+
+
+def test_held_out_sync_passes_a_mouth_on_its_speech_and_fails_it_late_or_on_other_speech(biden, english_whole,
+                                                                                       shared_media, tmp_path):
+    path, audio = english_whole
+    other = load_speech(trimmed_wav(shared_media / "speech" / "german.wav", tmp_path / "german.wav", 6.0))
+    in_sync = acceptance.held_out_video_figures(puppet(biden, audio), audio, [other])
+    assert abs(in_sync["sync"]["offset_frames"]) <= acceptance.HELD_OUT_MAX_OFFSET, in_sync
+    assert in_sync["sync"]["confidence"] > in_sync["mismatched_confidence"] and in_sync["pass"], in_sync
+    lag = 4 * AUDIO_SAMPLE_RATE // 25  # the mouth 4 frames behind its sound
+    late = acceptance.held_out_video_figures(puppet(biden, np.pad(audio, (lag, 0))[:len(audio)]), audio, [other])
+    assert late["sync"]["offset_frames"] <= -3 and not late["pass"], late
+    # a video of the German speech measured against the English one: its own speech is the mismatched one
+    wrong = acceptance.held_out_video_figures(puppet(biden, acceptance.fitted(other, len(audio))), audio, [other])
+    assert not wrong["pass"], wrong
+    summary = acceptance.held_out_sync_figures([in_sync | {"portrait": "p", "speech": "s"},
+                                                late | {"portrait": "p", "speech": "s"}], [])
+    assert (summary["passed"], summary["of"], summary["pass"]) == (1, 2, False)  # most means more than half
+
+
+def track(frames: np.ndarray) -> np.ndarray:
+    from metrics.video import track_landmarks
+
+    return track_landmarks(frames)
+
+
 def test_looped_speech_repeats_the_clip_to_the_asked_length():
     clip = np.arange(AUDIO_SAMPLE_RATE, dtype=np.float32)  # 1 s
     audio = acceptance.looped(clip, 2.5)
@@ -116,7 +156,8 @@ def test_accept_measures_every_bar_and_surveys_more_speech(tmp_path, shared_medi
     output = tmp_path / "acc"
     # the default portrait and speech (biden.jpg, the whole english.wav) under --media
     code = main(["--media", str(shared_media), "--output", str(output),
-                 "--long-seconds", "4", "--blink-seconds", "4", "--more-speech", str(german)])
+                 "--long-seconds", "4", "--blink-seconds", "4", "--more-speech", str(german),
+                 "--held-out-speakers", "megactor_ENTF_2.mp4", "sadtalker_WDA_BobMenendez_000.mp4"])
     report = json.loads((output / "acceptance.json").read_text())
     assert code == (0 if report["all_pass"] else 1)
     assert report["portrait"] == str(shared_media / "portraits" / "biden.jpg")
@@ -133,8 +174,17 @@ def test_accept_measures_every_bar_and_surveys_more_speech(tmp_path, shared_medi
     assert report["blinks"]["commanded"] == 2  # the first 4 s of the clip: blinks at 0.8 s and 2.4 s
     # the shipped checkpoint keeps the held-out face's identity (dlib's same-person threshold)
     assert report["identity"]["fraction_below_0.6"] >= 0.95
+    # two held-out speakers: each clip spoken by the held-out portrait and by the other speaker's face
+    assert report["held_out_sync"]["of"] == 4 and report["mouth_amplitude"]["real_clips"] == 2
+    assert len(list((output / "held_out").glob("*.mp4"))) == 4
+    # the real held-out speakers' own videos read in sync: the measure works on these clips
+    assert all(r["pass"] for r in report["held_out_sync"]["real_videos"]), report["held_out_sync"]["real_videos"]
 
 
 def test_accept_refuses_missing_inputs_before_rendering(tmp_path, capsys):
     assert main(["--speech", str(tmp_path / "gone.wav"), "--output", str(tmp_path / "acc")]) == 2
     assert "no such file" in capsys.readouterr().err and not (tmp_path / "acc").exists()
+    assert main(["--corpus", str(tmp_path), "--output", str(tmp_path / "acc")]) == 2
+    assert "no such file" in capsys.readouterr().err and not (tmp_path / "acc").exists()
+    assert main(["--held-out-speakers", "megactor_ENTF_2.mp4", "--output", str(tmp_path / "acc")]) == 2
+    assert "at least 2" in capsys.readouterr().err and not (tmp_path / "acc").exists()
