@@ -197,20 +197,26 @@ class Generator(nn.Module):
     def stream(self, requests: list[RenderRequest]) -> Iterator[torch.Tensor]:
         """Yield (B, 3, S, S) frames in [0, 1], one frame step at a time, until the longest request ends.
 
-        Requests may differ in length and fps; the caller keeps the first `num_frames` frames of each.
-        Memory is constant in video length (a KV cache of sink_frames + window_frames blocks).
+        Requests may differ in length and fps; the caller keeps the first `num_frames` frames of each (a
+        request that has ended repeats its last frame, computing nothing). Built on `slots` with one slot
+        per request; memory is constant in video length (a KV cache of sink_frames + window_frames blocks).
         """
-        S = self.config.image_size
-        for r in requests:
-            if tuple(r.portrait.shape) != (3, S, S):
-                raise ValueError(f"portrait must be (3, {S}, {S}), got {tuple(r.portrait.shape)}")
-        total = max(self.num_frames(r.audio.numel(), r.fps) for r in requests)
-        portraits = torch.stack([r.portrait for r in requests]).to(self.device, self.dtype)  # (B, 3, S, S)
-        reference = self.vae.reference(portraits)  # the portraits' latents and decoder features, once
-        audio_tokens, control_tokens = self.condition_tokens(requests, total)
-        noise = TokenNoise([r.seed for r in requests]) if self.config.head == "flow" else None
-        for latent in self.rollout(reference.latent, audio_tokens, control_tokens, noise):
-            yield self.vae.decode(latent, reference)
+        stream = self.slots(len(requests))
+        for i, r in enumerate(requests):
+            stream.add(r, key=i)
+        last: torch.Tensor | None = None
+        while len(stream):
+            out = stream.step()
+            if last is None:
+                last = out.frames.new_zeros(len(requests), *out.frames.shape[1:])
+            last[out.slots] = out.frames
+            yield last.clone()
+
+    def slots(self, batch: int) -> "SlotStream":
+        """A continuous-batching stream of `batch` slots (slots.py): add a video to a free slot at any step."""
+        from .slots import SlotStream
+
+        return SlotStream(self, batch)
 
     def rollout(self, ref_latent: torch.Tensor, audio_tokens: torch.Tensor, control_tokens: torch.Tensor,
                 noise: TokenNoise | None = None) -> Iterator[torch.Tensor]:

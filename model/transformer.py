@@ -12,10 +12,12 @@ Two ways through attention, which must agree (tests/model/test_sfa_attention.py)
 - no cache (`forward_full`): the whole sequence at once under the explicit SFA mask; the reference
   path, also used for teacher-forced training;
 - cached (`forward_cached`): prefill of the reference block, then decode one block per frame against
-  the KV cache.
+  the KV cache; each batch row is at its own block (kv_cache.py), so rows are independent videos.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +46,11 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate (..., T, D) by positions (T,) (any leading dims)."""
-        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        """Rotate (..., T, D) by positions (T,) (any leading dims), or (B, H, T, D) by per-row positions (B, T)."""
+        angles = positions.to(torch.float32)[..., None] * self.inv_freq  # (T, D/2) or (B, T, D/2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        if positions.dim() == 2:  # one row of positions per batch row, shared by its heads
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D/2)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (..., T, D/2, 2)
         return out.flatten(-2)
@@ -94,13 +98,14 @@ class Attention(nn.Module):
         return self.merge_heads(y)
 
     def forward_cached(self, x: torch.Tensor, cache: LayerCache, meta: StepMetadata) -> torch.Tensor:
-        """Prefill or decode one block against the cache (both are the same code: one block per step)."""
-        q, k, v = self.split_heads(x)  # (B, H, Pb, D)
+        """Prefill or decode one block of each decoded row against the cache (both are the same code: one
+        block per step). x (n, Pb, d_model); each row at its own block, with its own positions and mask."""
+        q, k, v = self.split_heads(x)  # (n, H, Pb, D)
         cache.write(meta, k, v)
-        qpos = torch.full((q.shape[2],), meta.query_position, device=x.device)
-        qr = self.rotary(q, qpos)
-        kr = self.rotary(cache.keys, meta.key_positions)  # (B, H, slots * Pb, D)
-        y = F.scaled_dot_product_attention(qr, kr, cache.values, attn_mask=meta.key_valid[None, None, None, :])
+        keys, values = cache.read(meta)  # (n, H, ring * Pb, D)
+        qr = self.rotary(q, meta.query_positions)  # positions (n, Pb)
+        kr = self.rotary(keys, meta.key_positions)  # positions (n, ring * Pb)
+        y = F.scaled_dot_product_attention(qr, kr, values, attn_mask=meta.key_valid[:, None, None, :])
         return self.merge_heads(y)
 
 
@@ -133,9 +138,14 @@ class FrameTransformer(nn.Module):
             x = layer(x, num_blocks=num_blocks)
         return self.ln_f(x)
 
-    def forward_cached(self, x: torch.Tensor, cache: KVCache, block: int) -> torch.Tensor:
-        """(B, Pb, d_model) tokens of block `block` -> (B, Pb, d_model), reading and extending the cache."""
-        meta = cache.step(block)  # once per step, shared by all layers
+    def forward_cached(self, x: torch.Tensor, cache: KVCache, block: int | Sequence[int],
+                       rows: Sequence[int] | None = None) -> torch.Tensor:
+        """(n, Pb, d_model) tokens -> (n, Pb, d_model), reading and extending the cache.
+
+        `block`: the block every row decodes (an int), or each decoded row's own; `rows`: which batch rows of
+        the cache x holds (default: all of them, in order).
+        """
+        meta = cache.step(block, rows)  # once per step, shared by all layers
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer(x, cache=layer_cache, meta=meta)
         return self.ln_f(x)

@@ -93,18 +93,18 @@ def test_kv_cache_memory_is_the_same_at_frame_100_and_2000(generator):
                 sizes[block] = (cache.nbytes, [tuple(c.keys.shape) for c in cache.layers], len(cache.slot_block),
                                 tuple(meta.key_positions.shape) if block > 120 else None)
     assert sizes[100][:3] == sizes[2000][:3]
-    assert sizes[2000][3] == (cache.slots * generator.block_tokens,)
+    assert sizes[2000][3] == (2, cache.slots * generator.block_tokens)  # per row: (B, ring * Pb)
 
 
 def test_positions_never_leave_the_cache_span():
     cache = KVCache(n_layers=1, batch=1, n_heads=1, head_dim=2, block_tokens=1, sinks=2, window=3)
     for block in range(50):
         meta = cache.step(block)
-        assert meta.query_position <= 2 + 3 - 1
-        assert int(meta.key_positions[meta.key_valid].max()) <= meta.query_position
+        assert int(meta.query_positions.max()) <= 2 + 3 - 1
+        assert int(meta.key_positions[meta.key_valid].max()) <= int(meta.query_positions.min())
     # worked example of kv_cache.py: block 10 with S=2, W=3 sees blocks {0, 1} + {8, 9, 10} at {0, 1} + {2, 3, 4}
     cache = KVCache(n_layers=1, batch=1, n_heads=1, head_dim=2, block_tokens=1, sinks=2, window=3)
     for block in range(11):
         meta = cache.step(block)
-    seen = {b: int(p) for b, p, v in zip(cache.slot_block, meta.key_positions, meta.key_valid) if v}
+    seen = {b: int(p) for b, p, v in zip(cache.slot_block, meta.key_positions[0], meta.key_valid[0]) if v}
     assert seen == {0: 0, 1: 1, 8: 2, 9: 3, 10: 4}
