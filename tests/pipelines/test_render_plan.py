@@ -1,0 +1,92 @@
+"""The render job's Ray Data plan: the asset stage stays its own CPU operator beside the render actors, and
+the CPU reservations of actors and stages add up to the cluster's cores."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+
+import storage
+from pipelines.render import (LOAD_CPUS, METRICS_CPUS, RECORD_ALONE_CPUS, RenderConfig, actor_resources,
+                              render_dataset, run_render)
+from tests.pipelines.helpers import short_speech, write_jsonl
+
+
+def optimized_operators(ds, capsys) -> list[str]:
+    """The physical operators Ray Data executes for `ds` (after fusion), from `Dataset.explain()`."""
+    capsys.readouterr()
+    ds.explain()
+    text = capsys.readouterr().out
+    plan = text.split("-------- Physical Plan (Optimized) --------", 1)[1]
+    return [line.lstrip("+- ").strip() for line in plan.splitlines() if line.strip()]
+
+
+def plan_for(config: RenderConfig, cluster_cpus: float = 2.0):
+    return render_dataset([{"row": 0}], config, checkpoint="unused", run_id="r", options=storage.StorageOptions(),
+                          image_size=128, cluster_cpus=cluster_cpus)
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"metrics": False}, {"actors": 2},
+    # an explicit reservation equal to the asset stage's: the remote args Ray Data compares would match
+    {"cpus_per_actor": LOAD_CPUS}, {"cpus_per_actor": 1.0, "metrics": False},
+], ids=["default", "no-metrics", "two-actors", "cpus-equal-to-load", "one-cpu"])
+def test_asset_stage_is_not_fused_into_the_render_actor(ray_local, tmp_path, capsys, overrides):
+    """Regression: Ray Data fused `Map(load_assets)` into the `RenderActor` operator (same num_cpus), so image
+    decode and face alignment ran inside the render worker and one of two cores idled."""
+    operators = optimized_operators(plan_for(RenderConfig(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), **overrides)), capsys)
+    actor = [op for op in operators if "RenderActor" in op]
+    assert len(actor) == 1 and actor[0].startswith("ActorPoolMapOperator[") and "load_assets" not in actor[0], operators
+    assert "TaskPoolMapOperator[Map(load_assets)]" in operators, operators
+
+
+def test_actor_resources_leave_room_for_the_cpu_stages():
+    def config(**kw):
+        return RenderConfig("m.jsonl", "out", **kw)
+
+    # 2 cores, no metrics: one actor renders on both cores and reserves what the asset and record tasks leave
+    assert actor_resources(config(metrics=False), 2.0) == (2.0 - LOAD_CPUS - RECORD_ALONE_CPUS, 2)
+    # with metrics a core goes to measuring: one render thread
+    cpus, threads = actor_resources(config(), 2.0)
+    assert threads == 1 and cpus + LOAD_CPUS + METRICS_CPUS == pytest.approx(2.0)
+    # actors share the cores
+    cpus, threads = actor_resources(config(actors=2, metrics=False), 2.0)
+    assert threads == 1 and 2 * cpus + LOAD_CPUS + RECORD_ALONE_CPUS == pytest.approx(2.0)
+    assert actor_resources(config(actors=4, metrics=False), 16.0) == ((16.0 - 0.5) / 4, 4)
+    # GPU actors and explicit reservations
+    assert actor_resources(config(gpus_per_actor=1.0), 8.0) == (1.0, 1)
+    assert actor_resources(config(cpus_per_actor=3.5), 8.0) == (3.5, 3)
+    assert actor_resources(config(cpus_per_actor=0.5), 8.0) == (0.5, 1)
+
+
+def test_cpus_per_actor_must_be_positive():
+    with pytest.raises(ValueError, match="cpus_per_actor must be > 0"):
+        RenderConfig("m.jsonl", "out", cpus_per_actor=0)
+
+
+def test_a_render_job_executes_the_asset_stage_apart(ray_local, tmp_path, astronaut_png, speech_wav):
+    """The plan Ray Data logs when it starts the real job names the asset stage and the actor as two operators."""
+    speech = short_speech(speech_wav, tmp_path / "speech.wav", 0.4)
+    portrait = shutil.copy(astronaut_png, tmp_path)  # inside the manifest's folder: the input policy's root
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [{"id": "a", "portrait": str(portrait), "audio": str(speech)}])
+    plans: list[str] = []
+
+    class Plans(logging.Handler):
+        def emit(self, record):
+            if "Execution plan of Dataset" in record.getMessage():
+                plans.append(record.getMessage())
+
+    handler = Plans()
+    # the executor's own logger: Ray Data replaces the handlers of "ray.data" when it configures its logging
+    logger = logging.getLogger("ray.data._internal.execution.streaming_executor")
+    logger.addHandler(handler)
+    try:
+        outcome = run_render(RenderConfig(str(manifest), str(tmp_path / "out"), metrics=False, framing="crop",
+                                          tracking_uri=f"sqlite:///{tmp_path}/ml.db"))
+    finally:
+        logger.removeHandler(handler)
+    assert outcome.counts["ok"] == 1, outcome.results.to_dict("records")
+    assert len(plans) == 1, plans
+    assert "TaskPoolMapOperator[Map(load_assets)] -> ActorPoolMapOperator[MapBatches(RenderActor)]" in plans[0], plans[0]
