@@ -5,6 +5,6 @@ No Ray and no object storage here: pipelines/ stages download to a local temp fi
 
 from .audio import MediaError, load_audio
 from .image import load_image
-from .video import Mp4Writer, VideoClip, encode_mp4, probe_video, read_video
+from .video import EncoderThread, Mp4Writer, VideoClip, encode_mp4, probe_video, read_video
 
-__all__ = ["MediaError", "Mp4Writer", "VideoClip", "encode_mp4", "load_audio", "load_image", "probe_video", "read_video"]
+__all__ = ["EncoderThread", "MediaError", "Mp4Writer", "VideoClip", "encode_mp4", "load_audio", "load_image", "probe_video", "read_video"]

@@ -1,15 +1,20 @@
 """MP4 encode (H.264 yuv420p + AAC) and decode with PyAV.
 
 `encode_mp4` writes the whole file locally; callers upload it only once it is complete, so no reader
-ever sees a partial video.
+ever sees a partial video. `EncoderThread` runs one writer on its own thread, so a video is encoded while
+the next frames are generated and finished (and handed on, e.g. uploaded) without the generator waiting.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import av
 import numpy as np
@@ -81,6 +86,82 @@ class Mp4Writer:
         """Give up: close the container and remove the partial file."""
         self.container.close()
         self.path.unlink(missing_ok=True)
+
+
+_FINISH = object()  # queue marker: no more frames, finish the file
+
+
+class EncoderThread:
+    """An Mp4Writer fed through a bounded queue by its own thread: `add` returns at once (it waits only
+    while `max_pending` frames are queued, which bounds memory when encoding is slower than generation),
+    `finish(audio, then)` closes the file and runs `then(frames)` on the thread (an upload, say) and returns
+    a Future of then's result. A failure (a bad frame, the encoder, `then`) is the Future's exception.
+
+    `transform` runs on each frame on the thread before encoding (compositing); `encode_s` and
+    `transform_s` are the thread's seconds spent encoding and transforming.
+    """
+
+    def __init__(self, path: str | Path, fps: float, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                 max_pending: int = 64, audio_sample_rate: int | None = AUDIO_SAMPLE_RATE):
+        self.writer = Mp4Writer(path, fps, audio_sample_rate)
+        self.transform = transform
+        self.encode_s = self.transform_s = 0.0
+        self.result: Future = Future()
+        self._queue: queue.Queue = queue.Queue(max_pending)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"encode-{self.writer.path.name}", daemon=True)
+        self._thread.start()
+
+    def add(self, image: np.ndarray) -> None:
+        """Queue one (H, W, 3) uint8 RGB frame (ignored once the thread has failed: `result` says why)."""
+        while not self.result.done():
+            try:
+                self._queue.put(image, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self, audio: np.ndarray | None, then: Callable[[int], Any] | None = None) -> Future:
+        """No more frames: close the file with `audio` and run `then(frames)` on the thread. Returns `result`."""
+        self.add((_FINISH, audio, then))  # type: ignore[arg-type]
+        return self.result
+
+    def abort(self) -> None:
+        """Give up: stop the thread, close the container and remove the partial file."""
+        self._stop.set()
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join()
+        self.writer.abort()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = self._queue.get()
+                if item is None:
+                    continue
+                if isinstance(item, tuple) and item and item[0] is _FINISH:
+                    _, audio, then = item
+                    t0 = time.perf_counter()
+                    frames = self.writer.close(audio)
+                    self.encode_s += time.perf_counter() - t0
+                    self.result.set_result(then(frames) if then else frames)
+                    return
+                if self.transform is not None:
+                    t0 = time.perf_counter()
+                    item = self.transform(item)
+                    self.transform_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self.writer.add(item)
+                self.encode_s += time.perf_counter() - t0
+        except BaseException as e:  # the owner reads it from `result`; the thread ends
+            self.writer.container.close()
+            self.result.set_exception(e)
+        finally:
+            if not self.result.done():  # aborted
+                self.result.cancel()
 
 
 def encode_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, audio: np.ndarray | None,

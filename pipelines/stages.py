@@ -14,14 +14,21 @@ import shutil
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pandas as pd
 
 import storage
-from .inputs import MAX_AUDIO_BYTES, MAX_CONTROLS_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, InputError, fetch_bounded, read_bounded
+from .inputs import (MAX_AUDIO_BYTES, MAX_CONTROLS_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, InputError, check_duration,
+                     fetch_bounded, read_bounded)
 from .controls import ControlTrackError, parse_control_track, tracks_from_json, tracks_to_json
+from .lease import LeaseWatch, lease_uri
+
+if TYPE_CHECKING:
+    import media
 
 STATE_DIR = "state"  # <output>/state/<run_id>/<id>.json: a row's final result, written by the last stage
 VIDEO_DIR = "videos"  # <output>/videos/<run_id>/<id>.mp4: per run, so two jobs on one output never share a video
@@ -31,6 +38,8 @@ HEAVY_COLUMNS = ("portrait_rgb", "audio_pcm", "controls_json", "frame_rgb", "com
 RENDER_INPUT_COLUMNS = ("portrait_rgb", "audio_pcm", "frame_rgb", "composite_json")
 SCRATCH_PREFIX = "eartalk-render-"  # $TMPDIR/eartalk-render-*: a render actor's MP4s being encoded
 SCRATCH_LOCK = ".lock"  # flock-ed by the live actor owning the folder; the kernel drops it when that actor dies
+RENDER_SLOTS = 4  # videos one render actor streams at once (continuous batching): keeps a device busy, bounds memory
+ENCODE_QUEUE_FRAMES = 64  # frames queued per encoder thread before generation waits for it (bounds memory)
 
 
 def video_uri(output_uri: str, run_id: str, row_id: str) -> str:
@@ -48,17 +57,19 @@ def short_error(stage: str, row: dict, e: BaseException) -> str:
 # ---------------------------------------------------------------- stage 1: load assets (CPU tasks)
 
 
-def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions, max_side: int = 1024) -> dict:
+def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions, max_side: int = 1024,
+                max_seconds: float | None = None) -> dict:
     """Portrait -> aligned canonical crop (and, framing `portrait`, the portrait fitted to `max_side` with the
     geometry to composite into it); audio -> mono at model.AUDIO_SAMPLE_RATE; control track -> per-frame values.
 
     Every input is read bounded (pipelines/inputs.py): a regular file within its size limit, fetched within
-    FETCH_TIMEOUT_S; one that is not fails this row and the batch's other rows go on.
+    FETCH_TIMEOUT_S; one that is not fails this row and the batch's other rows go on. Speech longer than
+    `max_seconds` (the job's --max-seconds; None: no cap) fails its row before it is rendered.
     """
     from faces import NoFaceError, align_face
     from faces.composite import face_upscaled, plan_composite
     from media import MediaError, load_audio, load_image
-    from model import num_frames_for
+    from model import AUDIO_SAMPLE_RATE, num_frames_for
 
     out = {**row, "status": "pending", "error": "", "portrait_rgb": b"", "audio_pcm": b"", "controls_json": "",
            "num_frames": 0, "load_s": 0.0, "framing": row.get("framing") or "portrait", "frame_rgb": b"",
@@ -72,6 +83,7 @@ def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions, 
             plan = plan_composite(image, aligned, max_side) if out["framing"] == "portrait" else {}
             stage = "audio"
             audio = load_audio(fetch_bounded(row["audio"], Path(tmp), options, MAX_AUDIO_BYTES))
+            check_duration(audio.size / AUDIO_SAMPLE_RATE, max_seconds)
             num_frames = num_frames_for(audio.size, row["fps"])
             tracks = {}
             if row.get("controls"):
@@ -118,16 +130,29 @@ def remove_stale_scratch(tmp: Path, keep: Path) -> list[Path]:
 
 
 class RenderActor:
-    """Holds one generator (loaded once); renders a batch of rows together and publishes their MP4s."""
+    """Holds one generator (loaded once) and renders its rows by continuous batching (model/slots.py).
+
+    `slots` videos stream at once, each at its own frame; when one ends its slot takes the next row of the
+    call at once, so a long row never holds up the others and no frame is computed to be thrown away.
+    Each video is encoded by its own thread while the frames are generated (media.EncoderThread) and is
+    closed and uploaded on that thread the moment it ends: nothing on the generation loop waits on an
+    encoder or on storage. The call is a generator: each row is yielded as soon as it is published (or
+    has failed), so Ray Data passes results on while the call's other rows still render; a call holds
+    only its own rows, so Ray Data's retries and backpressure (one call per batch) are as before.
+    """
 
     def __init__(self, checkpoint_uri: str, output_uri: str, run_id: str, options: storage.StorageOptions,
-                 device: str | None = None):
+                 device: str | None = None, slots: int = RENDER_SLOTS, lease_holder: str | None = None):
         import torch
 
         from model import checkpoint_version, load_checkpoint, prepare_for_inference
 
-        self.output_uri, self.run_id, self.options = output_uri, run_id, options
-        # scratch for MP4s being encoded (each unlinked after its batch); removed with the actor, or at exit.
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be an integer >= 1, got {slots!r}")
+        self.output_uri, self.run_id, self.options, self.slots = output_uri, run_id, options, slots
+        # the driver's lease (pipelines/lease.py), checked before each upload: a dead driver's actor stops publishing
+        self.lease = LeaseWatch(lease_uri(output_uri, run_id), lease_holder, options) if lease_holder else None
+        # scratch for MP4s being encoded (each unlinked once uploaded); removed with the actor, or at exit.
         # An actor SIGKILLed mid-encode removes nothing, so each start removes scratch no live actor holds.
         self._scratch = tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX)
         self.workdir = Path(self._scratch.name)
@@ -144,95 +169,159 @@ class RenderActor:
             self.generator, self.report = prepare_for_inference(load_checkpoint(local), device)
             self.model_version = checkpoint_version(local)
         self.size = self.generator.config.image_size
+        self.frames_computed = 0  # frames the generator decoded, over the actor's life (none is thrown away)
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, batch: pd.DataFrame) -> Iterator[pd.DataFrame]:
+        """Yield each row of the batch as a one-row frame the moment it is done: rows that failed earlier
+        at once, rendered rows as each video is published."""
         rows = batch.to_dict("records")
-        pending = [r for r in rows if r["status"] == "pending"]
-        if pending:
-            self.render(pending)
         for r in rows:
-            for c in RENDER_INPUT_COLUMNS:
-                r.pop(c, None)
-        return pd.DataFrame(rows)
+            if r["status"] != "pending":
+                yield self._result(r)
+        for r in self.render([r for r in rows if r["status"] == "pending"]):
+            yield self._result(r)
 
-    def render(self, rows: list[dict]) -> None:
-        """Render rows together; when that fails, render each alone, so only the guilty row fails."""
+    @staticmethod
+    def _result(r: dict) -> pd.DataFrame:
+        for c in RENDER_INPUT_COLUMNS:
+            r.pop(c, None)
+        return pd.DataFrame([r])
+
+    def render(self, rows: list[dict], slots: int | None = None) -> Iterator[dict]:
+        """Render rows in `slots` slots (the actor's by default), yielding each row once it is published or
+        failed. A row the model refuses fails at its start; when a frame step itself raises, the rows then
+        in slots are rendered again one at a time, so only the guilty row fails."""
+        from model.frames import tensor_to_images
+
+        slots = min(slots or self.slots, len(rows))
+        if not rows:
+            return
+        stream = self.generator.slots(slots)
+        todo = list(rows)
+        videos: dict[int, _Video] = {}  # slot -> the video it renders
+        finishing: list[_Video] = []  # encoded and uploaded on their threads
         try:
-            self.render_together(rows)
-        except Exception as e:  # a render crash fails its row, not the job
-            traceback.print_exc()
-            if len(rows) == 1:
-                rows[0].update(status="failed", error=short_error("render", rows[0], f"{type(e).__name__}: {e}"))
-            else:  # one row's bad input breaks its whole batch: find it by rendering the rows apart
-                for r in rows:
-                    self.render([r])
+            while todo or videos:
+                while todo and stream.free:
+                    r = todo.pop(0)
+                    try:
+                        slot = stream.add(self.request(r), key=r["id"])
+                    except Exception as e:  # this row's inputs: it fails alone, the slot stays free
+                        traceback.print_exc()
+                        yield _failed(r, "render", e)
+                        continue
+                    videos[slot] = self.open_video(r)
+                if not videos:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    out = stream.step()
+                    images = tensor_to_images(out.frames)  # (n, S, S, 3) uint8
+                except Exception as e:  # a step of several rows: which one broke it is unknown
+                    traceback.print_exc()
+                    stuck = [videos.pop(s) for s in list(videos)]
+                    for v in stuck:
+                        v.encoder.abort()
+                    if slots == 1:
+                        yield _failed(stuck[0].row, "render", e)
+                    else:
+                        for v in stuck:
+                            yield from self.render([v.row], slots=1)
+                    stream = self.generator.slots(slots)  # a fresh cache: nothing of the failed step stays
+                    continue
+                share = (time.perf_counter() - t0) / len(out.slots)
+                self.frames_computed += len(out.slots)
+                for slot, image, ended in zip(out.slots, images, out.ended):
+                    v = videos[slot]
+                    v.render_s += share
+                    v.encoder.add(image)
+                    if ended:
+                        finishing.append(videos.pop(slot))
+                        self.finish_video(finishing[-1])
+                yield from _collect(finishing, wait=False)
+            yield from _collect(finishing, wait=True)
+        finally:
+            # a consumer that stopped early, or an error: no open encoder or scratch file is left
+            for v in [*videos.values(), *finishing]:
+                v.encoder.abort()
 
-    def render_together(self, rows: list[dict]) -> None:
-        """One batched stream for all rows; raises if it fails. A row whose encode or upload fails fails alone."""
+    def request(self, r: dict):
         import torch
 
-        from faces.composite import Compositor
-        from media import Mp4Writer
         from model import RenderRequest
-        from model.frames import images_to_tensor, tensor_to_images
+        from model.frames import images_to_tensor
 
-        requests, writers, paths, compositors = [], [], [], []
-        try:
-            for r in rows:
-                portrait = np.frombuffer(r["portrait_rgb"], np.uint8).reshape(self.size, self.size, 3)
-                audio = np.frombuffer(r["audio_pcm"], np.float32)
-                controls = {k: torch.from_numpy(t) for k, t in tracks_from_json(r["controls_json"]).items()}
-                requests.append(RenderRequest(images_to_tensor(portrait),
-                                              torch.from_numpy(audio.copy()), float(r["fps"]), controls or None, int(r["seed"])))
-                paths.append(self.workdir / f"{r['id']}.mp4")
-                writers.append(Mp4Writer(paths[-1], float(r["fps"])))
-                # framing `portrait`: each crop goes back into the whole portrait before encoding (None: the crop alone)
-                compositors.append(Compositor.from_plan(r, self.size) if r.get("composite_json") else None)
-            render_s, encode_s, composite_s = 0.0, [0.0] * len(rows), [0.0] * len(rows)
-            t0 = time.perf_counter()
-            for t, frames in enumerate(self.generator.stream(requests)):
-                images = tensor_to_images(frames)  # (B, S, S, 3) uint8
-                t1 = time.perf_counter()
-                render_s += t1 - t0
-                for i, r in enumerate(rows):  # the composite's time counts as encoding: both are the frame's CPU work
-                    if t < r["num_frames"]:
-                        frame = images[i]
-                        if compositors[i]:
-                            tc = time.perf_counter()
-                            frame = compositors[i](frame)
-                            composite_s[i] += time.perf_counter() - tc  # reported apart too (its share of render)
-                        writers[i].add(frame)
-                t0 = time.perf_counter()
-                for i in range(len(rows)):
-                    encode_s[i] += (t0 - t1) / len(rows)
-            total_frames = sum(r["num_frames"] for r in rows)
-            for i, r in enumerate(rows):
-                try:
-                    t1 = time.perf_counter()
-                    writers[i].close(np.frombuffer(r["audio_pcm"], np.float32))
-                    encode_s[i] += time.perf_counter() - t1
-                    self.publish(r, paths[i], render_s * r["num_frames"] / total_frames, encode_s[i])
-                    r["composite_s"] = composite_s[i]
-                except Exception as e:  # this row's encode/upload failed; the rows beside it are fine
-                    r.update(status="failed", error=short_error("encode/publish", r, f"{type(e).__name__}: {e}"))
-                    traceback.print_exc()
-        finally:
-            # closed (a no-op where close() ran) and unlinked before any retry: no open encoder or file is left
-            for writer in writers:
-                writer.abort()
-            for p in paths:
-                p.unlink(missing_ok=True)
+        portrait = np.frombuffer(r["portrait_rgb"], np.uint8).reshape(self.size, self.size, 3)
+        audio = np.frombuffer(r["audio_pcm"], np.float32)
+        controls = {k: torch.from_numpy(t) for k, t in tracks_from_json(r["controls_json"]).items()}
+        return RenderRequest(images_to_tensor(portrait), torch.from_numpy(audio.copy()), float(r["fps"]),
+                             controls or None, int(r["seed"]))
+
+    def open_video(self, r: dict) -> "_Video":
+        from faces.composite import Compositor
+        from media import EncoderThread
+
+        # framing `portrait`: each crop goes back into the whole portrait before encoding (None: the crop alone)
+        compositor = Compositor.from_plan(r, self.size) if r.get("composite_json") else None
+        path = self.workdir / f"{r['id']}.mp4"
+        return _Video(r, path, EncoderThread(path, float(r["fps"]), compositor, max_pending=ENCODE_QUEUE_FRAMES))
+
+    def finish_video(self, v: "_Video") -> None:
+        """Close the MP4 and publish it, both on the video's encoder thread."""
+        def publish(frames: int) -> dict:
+            try:
+                # the composite's time counts as encoding: both are the frame's CPU work; reported apart too
+                encode_s = v.encoder.encode_s + v.encoder.transform_s
+                self.publish(v.row, v.path, v.render_s, encode_s)
+                v.row["composite_s"] = v.encoder.transform_s
+            finally:
+                v.path.unlink(missing_ok=True)
+            return v.row
+
+        v.encoder.finish(np.frombuffer(v.row["audio_pcm"], np.float32), publish)
 
     def publish(self, r: dict, local: Path, render_s: float, encode_s: float) -> None:
         """Upload the finished MP4 (to a deterministic key: retries overwrite) and fill in the row's result."""
         t0 = time.perf_counter()
         uri = video_uri(self.output_uri, self.run_id, r["id"])
+        if self.lease:
+            self.lease.check()  # raises DriverGone (the row fails, nothing uploaded) once the driver is gone
         storage.publish_file(local, uri, self.options)
         r.update(status="ok", output_uri=uri, frames=int(r["num_frames"]), fps=float(r["fps"]),
                  duration_s=r["num_frames"] / float(r["fps"]), width=int(r.get("frame_width") or self.size),
                  height=int(r.get("frame_height") or self.size),
                  render_s=render_s, encode_s=encode_s, upload_s=time.perf_counter() - t0,
                  model_version=self.model_version, run_id=self.run_id, engine=self.report.engine)
+
+
+@dataclass
+class _Video:
+    """A row being rendered in a slot: its encoder thread, its scratch MP4 and its share of the steps' time."""
+
+    row: dict
+    path: Path
+    encoder: "media.EncoderThread"
+    render_s: float = 0.0
+
+
+def _failed(r: dict, stage: str, e: BaseException) -> dict:
+    r.update(status="failed", error=short_error(stage, r, f"{type(e).__name__}: {e}"))
+    return r
+
+
+def _collect(finishing: list[_Video], wait: bool) -> Iterator[dict]:
+    """Rows whose encode and upload are done (all of them, waiting, with `wait`), removed from `finishing`.
+    A row whose encode or upload failed fails alone."""
+    for v in list(finishing):
+        if not wait and not v.encoder.result.done():
+            continue
+        finishing.remove(v)
+        try:
+            yield v.encoder.result.result()
+        except Exception as e:  # this row's encode/upload failed; the rows beside it are fine
+            v.encoder.abort()  # removes the partial file
+            traceback.print_exception(e)
+            yield _failed(v.row, "encode/publish", e)
 
 
 # ---------------------------------------------------------------- stage 3: metrics (CPU tasks)

@@ -31,7 +31,7 @@ def rendered(tmp_path_factory, random_tiny_checkpoint, shared_media, speech_wav)
     rows = [load_assets(manifest_row(i, framing, portrait, speech, framing), image_size=actor.size,
                         options=storage.StorageOptions(), max_side=256) for i, framing in enumerate(("portrait", "crop"))]
     assert [r["status"] for r in rows] == ["pending"] * 2, [r["error"] for r in rows]
-    results = actor(pd.DataFrame([dict(r) for r in rows])).set_index("id")
+    results = pd.concat(list(actor(pd.DataFrame([dict(r) for r in rows])))).set_index("id")  # one frame per row
     assert list(results["status"]) == ["ok", "ok"], results["error"].tolist()
     return {"actor": actor, "rows": {r["id"]: r for r in rows}, "results": results, "portrait": portrait}
 

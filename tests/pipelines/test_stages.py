@@ -17,6 +17,11 @@ from pipelines.stages import RenderActor, load_assets, record, state_uri
 from tests.pipelines.helpers import short_speech
 
 
+def run(actor, rows: list[dict]) -> pd.DataFrame:
+    """Every row the actor yields for one batch, in the order it yielded them."""
+    return pd.concat(list(actor(pd.DataFrame(rows))), ignore_index=True)
+
+
 def manifest_row(i: int, row_id: str, portrait, audio) -> dict:
     return {"row": i, "id": row_id, "portrait": str(portrait), "audio": str(audio), "controls": "", "fps": 25.0,
             "seed": 0, "reference_video": "", "tags": "{}", "output_root": ""}
@@ -42,7 +47,7 @@ def test_a_row_that_breaks_the_batch_fails_alone(actor, loaded):
     """Regression: one row whose input made stream() raise failed every row of its batch with that row's error."""
     rows = [dict(r) for r in loaded]
     rows[1]["controls_json"] = json.dumps({"smile": [0.5] * rows[1]["num_frames"]})  # unknown to the model
-    out = actor(pd.DataFrame(rows)).set_index("id")
+    out = run(actor, rows).set_index("id").loc[["a", "b", "c"]]
     assert list(out["status"]) == ["ok", "failed", "ok"]
     assert out.loc["b", "error"].startswith("row 1 (id 'b'), render: ValueError: unknown control 'smile'")
     videos = storage.join(actor.output_uri, "videos", "run")
@@ -56,7 +61,7 @@ def test_a_failed_publish_fails_that_row_only(tmp_path, random_tiny_checkpoint, 
     videos = Path(storage.join(actor.output_uri, "videos", "run"))
     (videos / "a.mp4").mkdir(parents=True)
     (videos / "a.mp4" / "keep").write_text("not a video")
-    out = actor(pd.DataFrame([dict(r) for r in loaded[:2]])).set_index("id")
+    out = run(actor, [dict(r) for r in loaded[:2]]).set_index("id")
     assert out.loc["a", "status"] == "failed" and out.loc["b", "status"] == "ok"
     assert out.loc["a", "error"].startswith("row 0 (id 'a'), encode/publish: IsADirectoryError")
     assert sorted(p.name for p in videos.iterdir()) == ["a.mp4", "b.mp4"]  # no temporary left behind
@@ -76,11 +81,35 @@ def test_a_remote_checkpoint_leaves_no_copy_behind(tmp_path, monkeypatch, s3_ser
     actor = RenderActor(f"s3://{s3_bucket}/checkpoints/tiny", str(tmp_path / "out"), "run", options, device="cpu")
     assert actor.model_version == checkpoint_version(random_tiny_checkpoint)
     assert [p.relative_to(tmp) for p in tmp.rglob("*") if actor.workdir not in (p, *p.parents)] == []
-    out = actor(pd.DataFrame([dict(loaded[0])]))
+    out = run(actor, [dict(loaded[0])])
     assert list(out["status"]) == ["ok"], out["error"].tolist()
     del actor
     gc.collect()
     assert list(tmp.iterdir()) == []
+
+
+def test_a_long_row_never_holds_up_the_short_ones(tmp_path, random_tiny_checkpoint, astronaut_png, speech_wav):
+    """Regression: rows stepped in lockstep until the longest ended and were published only then, so a
+    1 s row batched with a long one waited for it. In two slots, a 2 s row and three 0.2 s rows: each
+    short row is published and yielded while the long one still renders, the slot it frees taking the
+    next row at once, and no frame is computed to be thrown away."""
+    out = tmp_path / "out"
+    actor = RenderActor(str(random_tiny_checkpoint), str(out), "run", storage.StorageOptions(), device="cpu", slots=2)
+    long_speech = short_speech(speech_wav, tmp_path / "long.wav", 2.0)
+    short = short_speech(speech_wav, tmp_path / "short.wav", 0.2)
+    rows = [load_assets(manifest_row(i, name, astronaut_png, long_speech if name == "long" else short),
+                        image_size=actor.size, options=storage.StorageOptions())
+            for i, name in enumerate(("long", "s1", "s2", "s3"))]
+    long_video = Path(storage.join(str(out), "videos", "run", "long.mp4"))
+    order = []
+    for frame in actor(pd.DataFrame(rows)):
+        row = frame.iloc[0]
+        assert row["status"] == "ok", row["error"]
+        assert Path(row["output_uri"]).is_file()  # published before it is yielded
+        order.append((row["id"], long_video.exists()))
+    assert order == [("s1", False), ("s2", False), ("s3", False), ("long", True)]
+    assert actor.frames_computed == sum(r["num_frames"] for r in rows)
+    assert list(actor.workdir.glob("*.mp4")) == []  # every scratch MP4 went once uploaded
 
 
 def test_an_unexpected_error_while_loading_fails_just_that_row(monkeypatch, astronaut_png, speech_wav):
@@ -103,7 +132,7 @@ def test_the_state_record_is_published_once_by_the_last_stage(tmp_path, random_t
     actor = RenderActor(str(random_tiny_checkpoint), str(out), "run", storage.StorageOptions(), device="cpu")
     rows = [{**r, "output_root": str(out)} for r in loaded[:2]]
     rows[1]["controls_json"] = json.dumps({"smile": [0.5] * rows[1]["num_frames"]})  # unknown: fails to render
-    rendered = actor(pd.DataFrame(rows)).to_dict("records")
+    rendered = sorted(run(actor, rows).to_dict("records"), key=lambda r: r["id"])
     assert [r["status"] for r in rendered] == ["ok", "failed"]
     assert not (out / "state").exists() and (out / "videos" / "run" / "a.mp4").is_file()
     results = [record(r, options=storage.StorageOptions()) for r in rendered]
