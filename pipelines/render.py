@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("eartalk.render")
 
 # ---- tunables
-ROWS_PER_RENDER_BATCH = 4  # videos rendered together by one actor call: keeps a device busy, bounds memory
+ROWS_PER_RENDER_BATCH = 4  # videos one render actor streams at once (its slots): keeps a device busy, bounds memory
+RENDER_ROWS_PER_SLOT = 4  # rows per actor call for each slot: a slot whose video ends takes the call's next row
 # CPUs a render actor reserves. None: CPU actors share the cluster's CPUs that the CPU stages do not reserve
 # and run as many torch threads as leaves every core busy (actor_resources); GPU actors take GPU_ACTOR_CPUS.
 RENDER_CPUS_PER_ACTOR: float | None = None
@@ -311,7 +312,8 @@ def render_dataset(items: list[dict], config: RenderConfig, *, checkpoint: str, 
                 num_cpus=LOAD_CPUS)
     # INPUT: loaded rows. OUTPUT: result columns (+ controls_json; portrait and audio dropped); MP4s
     # published by the actor.
-    # One generator per actor (loaded once); ROWS_PER_RENDER_BATCH videos per call share each frame step.
+    # One generator per actor (loaded once), continuous batching: rows_per_batch slots stream at once, each
+    # refilled from the call's rows the moment its video ends; each row is yielded as soon as it is published.
     # The actor's runtime_env sets its torch threads (Ray would set the floor of its fractional CPUs). It also
     # keeps the asset tasks a separate operator: Ray Data (2.60) fuses a task map into the actor map after it
     # whenever their remote args match, and fused, decode and alignment would run inside the render worker,
@@ -319,8 +321,8 @@ def render_dataset(items: list[dict], config: RenderConfig, *, checkpoint: str, 
     ds = ds.map_batches(
         RenderActor,
         fn_constructor_kwargs={"checkpoint_uri": checkpoint, "output_uri": config.output_uri, "run_id": run_id,
-                               "options": options},
-        batch_size=config.rows_per_batch, batch_format="pandas",
+                               "options": options, "slots": config.rows_per_batch},
+        batch_size=config.rows_per_batch * RENDER_ROWS_PER_SLOT, batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=config.actors),
         num_gpus=config.gpus_per_actor or None,
         num_cpus=actor_cpus,
