@@ -24,8 +24,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from model import CONTROL_NAMES, CONTROL_SPECS
-
 
 class ControlTrackError(ValueError):
     pass
@@ -97,6 +95,8 @@ def _nan_values(df: pd.DataFrame) -> np.ndarray:
 
 def parse_control_track(data: bytes, name: str, fps: float, num_frames: int) -> dict[str, np.ndarray]:
     """Bytes of a control track -> {control: (num_frames,) float32 with NaN where absent}."""
+    from model import CONTROL_NAMES, CONTROL_SPECS  # imports torch: here, so the driver importing the stages needs none
+
     df = read_table(data, name)
     keys = [c for c in ("frame", "time") if c in df.columns]
     if len(keys) != 1:

@@ -43,6 +43,9 @@ MAX_IMAGE_BYTES = 64 * MIB  # a portrait (JPEG / PNG / WebP); decoded pixels are
 MAX_AUDIO_BYTES = 512 * MIB  # a speech track: about 45 min of 16-bit stereo WAV at 48 kHz
 MAX_CONTROLS_BYTES = 16 * MIB  # a control track: about 300k frames of every control as CSV
 MAX_VIDEO_BYTES = 2048 * MIB  # a reference video
+# s: decoded speech, checked while decoding: 460 MB of float32 samples at 16 kHz. A small file at a low
+# bitrate can hold far more (50 MB of 8 kbit/s MP3 is 14 h, 3 GB decoded); a feature's dialogue fits
+MAX_AUDIO_SECONDS = 2 * 3600
 FETCH_TIMEOUT_S = 300.0  # seconds one fetch (stat + download) may take before its row fails
 LIMITS = {"portrait": MAX_IMAGE_BYTES, "audio": MAX_AUDIO_BYTES, "controls": MAX_CONTROLS_BYTES,
           "reference_video": MAX_VIDEO_BYTES}  # manifest column -> limit
@@ -55,6 +58,12 @@ T = TypeVar("T")
 
 class InputError(ValueError):
     """An input the policy or a limit refuses; the message names the cause, never the file's content."""
+
+
+def check_duration(seconds: float, max_seconds: float | None) -> None:
+    """Refuse speech longer than the job's cap on a row's length (--max-seconds; None: no cap)."""
+    if max_seconds is not None and seconds > max_seconds:
+        raise InputError(f"audio is {seconds:.2f} s long, over the --max-seconds cap of {max_seconds:g} s")
 
 
 def split_uri(uri: str) -> tuple[str, str]:

@@ -6,12 +6,14 @@ Outputs under `output_uri`:
     videos/<run_id>/<id>.mp4     H.264 yuv420p + AAC of the input speech, published only when complete
     state/<run_id>/<id>.json     a row's final result, published once, after its video (resume reads these)
     results/<run_id>.parquet     one row per manifest row (ok / failed / skipped), metrics.schema columns
+    leases/<run_id>.json         the running driver's lease: actors publish only while it is renewed (lease.py)
 
 Everything a run writes is keyed by its run id, so two jobs on one output with overlapping row ids never
 overwrite each other's videos: each results table describes its own job's files.
 
 Re-running with the same run id skips rows whose video and state record exist (status 'skipped',
-previous figures kept); the resume scan lists state/<run_id>/ and videos/<run_id>/ once each, not per row.
+previous figures kept). The resume scan reads the run's results file from its last attempt (one GET) and
+looks up state/<run_id>/ only for the rows that file does not hold as done (`published_results`).
 SIGINT or SIGTERM (Ctrl-C, `ray job stop`, Kubernetes) stops the job taking rows: the rows that finished are
 recorded, the rest fail with "interrupted", the MLflow run ends KILLED and the exit code is 128 + the signal,
 so a rerun with the same run id finishes the job. Every side effect goes to a deterministic key, so Ray's task retries and actor
@@ -22,31 +24,34 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
+import io
 import json
 import logging
 import math
+import os
 import posixpath
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 import storage
-from metrics.schema import results_frame, write_results
+from metrics.schema import SchemaError, results_frame, validate_schema, write_results
 
 from .inputs import LIMITS, InputError, InputPolicy, probe_local
+from .lease import DriverLease
 from .manifest import FRAMINGS, SAFE_ID, ManifestError, ManifestRow, read_manifest, validate_rows
-from .stages import HEAVY_COLUMNS, STATE_DIR, VIDEO_DIR, RenderActor, load_assets, measure, measure_saved, record
-
-if TYPE_CHECKING:
-    from model import GeneratorConfig
+from .stages import HEAVY_COLUMNS, STATE_DIR, VIDEO_DIR, RenderActor, load_assets, measure, measure_saved, record, video_uri
 
 log = logging.getLogger("eartalk.render")
 
@@ -68,6 +73,11 @@ RECORD_ALONE_CPUS = 0.25  # the same upload without metrics: a fraction of a cor
 EXPERIMENT = "eartalk-render"
 STORE_ATTEMPTS = 3  # writes of the results table before the job falls back to a local copy
 STORE_BACKOFF_S = 2.0  # first wait between them, doubled each time (s3fs retries each attempt itself too)
+# resume: rows the results file leaves open, up to this many, are looked up key by key (2 concurrent GETs each);
+# more, and state/ and videos/ are listed (1,000 keys a request, one page after another). On a loopback moto S3
+# under load, 2,000 GETs took 53 s and listing both prefixes of a 20,000-row run 43 s: the two cost alike
+# near 1,000 rows left open per 20,000 listed, and 500 keeps the lookups the cheaper side of that
+RESUME_PROBE_ROWS = 500
 
 
 class ConfigError(ValueError):
@@ -147,12 +157,17 @@ class RenderConfig:
     allowed_schemes: tuple[str, ...] = ()
     framing: str = "portrait"  # rows without a `framing` cell: the whole portrait, or "crop" (the model's crop alone)
     max_side: int = MAX_SIDE  # px: longest side of a portrait-framed video (smaller portraits keep their size)
+    max_seconds: float | None = None  # s: a row whose speech is longer fails before it is rendered (None: no cap)
 
     def __post_init__(self) -> None:
         if self.framing not in FRAMINGS:
             raise ConfigError(f"--framing must be one of {', '.join(FRAMINGS)}, got {self.framing!r}")
         if isinstance(self.max_side, bool) or not isinstance(self.max_side, int) or self.max_side < 16:
             raise ConfigError(f"--max-side must be an integer of at least 16 (px), got {self.max_side!r}")
+        if self.max_seconds is not None and (isinstance(self.max_seconds, bool)
+                                             or not isinstance(self.max_seconds, (int, float))
+                                             or not 0 < self.max_seconds < math.inf):
+            raise ConfigError(f"--max-seconds must be a positive number of seconds, got {self.max_seconds!r}")
         if self.run_id is not None and (not SAFE_ID.match(self.run_id) or ".." in self.run_id):
             # it names state/<run_id>/ and results/<run_id>.parquet: a separator or '..' would leave --output
             raise ConfigError(f"--run-id {self.run_id!r}: use letters, digits, '.', '_', '-' only (no path "
@@ -214,14 +229,23 @@ def with_retries(action, what: str):
             time.sleep(wait)
 
 
-def resolve_checkpoint(checkpoint: str | None) -> str:
-    from model import DEFAULT_CHECKPOINT
+def model_package() -> Path:
+    """The `model` package's folder, found without running its `__init__.py` (it imports torch)."""
+    return Path(next(iter(importlib.util.find_spec("model").submodule_search_locations)))
 
+
+def default_checkpoint() -> Path:
+    """model.DEFAULT_CHECKPOINT, without importing `model`."""
+    return model_package() / "checkpoints" / "tiny"
+
+
+def resolve_checkpoint(checkpoint: str | None) -> str:
     if checkpoint:
         return checkpoint
-    if not (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
-        raise ConfigError(f"no --checkpoint given and the shipped default checkpoint is missing at {DEFAULT_CHECKPOINT}")
-    return str(DEFAULT_CHECKPOINT)
+    default = default_checkpoint()
+    if not (default / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"no --checkpoint given and the shipped default checkpoint is missing at {default}")
+    return str(default)
 
 
 def code_version() -> str:
@@ -232,43 +256,99 @@ def code_version() -> str:
         return "unknown"
 
 
-def listed_names(uri: str, options, suffix: str) -> tuple[object, str, set[str]]:
-    """(filesystem, folder path, names ending in `suffix`) of one folder, from one listing (paged on S3).
+def listed_names(fs, path: str, suffix: str) -> set[str]:
+    """Names ending in `suffix` in one folder of `fs`, from one listing (paged on S3).
 
     The listing cache is dropped first: s3fs keeps listings per filesystem instance, and fsspec hands every
     caller with the same options the same instance, so a cached listing would miss what this run published.
     Temporaries of a publish in progress (`.tmp-*`) are not results yet.
     """
-    fs, path = storage.filesystem(uri, options)
     fs.invalidate_cache(path)
     try:
         names = fs.ls(path, detail=False)
     except FileNotFoundError:
-        return fs, path, set()
+        return set()
     found = {posixpath.basename(n.rstrip("/")) for n in names}
-    return fs, path, {n for n in found if n.endswith(suffix) and not n.startswith(".tmp-")}
+    return {n for n in found if n.endswith(suffix) and not n.startswith(".tmp-")}
 
 
-def published_results(output_uri: str, run_id: str, ids, options) -> dict[str, dict]:
+def published_results(output_uri: str, run_id: str, ids, options, use_results: bool = True) -> dict[str, dict]:
+    """Rows of run `run_id` among row ids `ids` that are done (video and state record published), by row id.
+
+    The results file an earlier attempt of this run wrote (`results/<run_id>.parquet`, one GET) answers for
+    the rows it holds as finished and measured (`tabled_results`): it was written after their videos and
+    records, and nothing a job does removes them. The rows it does not answer for (not in it, not ok there,
+    never measured, or no such file: a SIGKILLed first attempt) are looked up in state/<run_id>/
+    (`recorded_results`). `use_results=False` skips the file, for rows this attempt rendered itself.
+    """
+    wanted = list(dict.fromkeys(ids))
+    done = tabled_results(output_uri, run_id, wanted, options) if use_results else {}
+    rest = [i for i in wanted if i not in done]
+    if rest:
+        done.update(recorded_results(output_uri, run_id, rest, options))
+    return done
+
+
+def tabled_results(output_uri: str, run_id: str, ids, options) -> dict[str, dict]:
+    """Rows among `ids` that the results file of an earlier attempt of this run holds as done: status ok (or
+    skipped, a still earlier attempt's ok row), measured (metrics_error empty: a row never measured keeps its
+    state record, which says so, for the resume to measure it) and with this run's video key. By row id.
+
+    No file is no answer; an unreadable one is logged and ignored: the state records still answer.
+    """
+    uri = storage.join(output_uri, "results", f"{run_id}.parquet")
+    fs, path = storage.filesystem(uri, options)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return {}
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        validate_schema(table.schema, uri)
+    except (pa.ArrowException, SchemaError, OSError) as e:
+        log.warning("resume: %s is unreadable (%s); reading the state records instead", uri, e)
+        return {}
+    wanted = set(ids)
+    done = {}
+    for saved in table.to_pylist():
+        row_id = saved.get("id")
+        if (row_id in wanted and saved.get("status") in ("ok", "skipped") and saved.get("metrics_error") == ""
+                and saved.get("output_uri") == video_uri(output_uri, run_id, row_id)):
+            done[row_id] = {**saved, "status": "ok", "error": ""}
+    return done
+
+
+def recorded_results(output_uri: str, run_id: str, ids, options) -> dict[str, dict]:
     """State records (ok) of run `run_id` among row ids `ids` whose video exists too, by row id.
 
-    One listing of state/<run_id>/ and one of videos/<run_id>/, then the matching records read in one
-    `cat` (s3fs fetches the keys concurrently), instead of two look-ups and a read per row one after another.
+    Up to RESUME_PROBE_ROWS rows are looked up key by key: their records read in one `cat` and their videos'
+    first byte in one `cat_ranges` (s3fs sends each batch's requests concurrently). More rows, and the two
+    prefixes are listed once each instead (a listing pages 1,000 keys a request), then the matching records
+    read in one `cat`.
     """
-    wanted = set(ids)
-    fs, state_dir, states = listed_names(storage.join(output_uri, STATE_DIR, run_id), options, ".json")
-    _, _, videos = listed_names(storage.join(output_uri, VIDEO_DIR, run_id), options, ".mp4")
-    ready = [n.removesuffix(".json") for n in states]
-    ready = [i for i in ready if i in wanted and f"{i}.mp4" in videos]
+    state_fs, state_dir = storage.filesystem(storage.join(output_uri, STATE_DIR, run_id), options)
+    video_fs, video_dir = storage.filesystem(storage.join(output_uri, VIDEO_DIR, run_id), options)
+    if len(ids) <= RESUME_PROBE_ROWS:
+        ready = list(ids)
+    else:
+        states = listed_names(state_fs, state_dir, ".json")
+        videos = listed_names(video_fs, video_dir, ".mp4")
+        wanted = set(ids)
+        ready = [i for i in (n.removesuffix(".json") for n in states) if i in wanted and f"{i}.mp4" in videos]
     if not ready:
         return {}
     paths = [posixpath.join(state_dir, f"{i}.json") for i in ready]
-    data = {fs._strip_protocol(k): v for k, v in fs.cat(paths, on_error="omit").items()}
+    data = {state_fs._strip_protocol(k): v for k, v in state_fs.cat(paths, on_error="omit").items()}
     done = {}
     for row_id, path in zip(ready, paths):
-        raw = data.get(fs._strip_protocol(path))  # a record removed meanwhile is simply not done
+        raw = data.get(state_fs._strip_protocol(path))  # a record missing (or removed meanwhile) is not done
         if raw is not None and (saved := json.loads(raw)).get("status") == "ok":
             done[row_id] = saved
+    if len(ids) <= RESUME_PROBE_ROWS and done:  # not listed: the videos are looked up too
+        found = video_fs.cat_ranges([posixpath.join(video_dir, f"{i}.mp4") for i in done], 0, 1, on_error="return")
+        for row_id, head in zip(list(done), found):
+            if isinstance(head, BaseException):  # FileNotFoundError: the video is gone, so the row is not done
+                del done[row_id]
     return done
 
 
@@ -299,8 +379,10 @@ def actor_resources(config: RenderConfig, cluster_cpus: float) -> tuple[float, i
 
 
 def render_dataset(items: list[dict], config: RenderConfig, *, checkpoint: str, run_id: str,
-                   options: storage.StorageOptions, image_size: int, cluster_cpus: float):
-    """The render job's Ray Data plan over `items` (manifest rows as dicts), not yet executed."""
+                   options: storage.StorageOptions, image_size: int, cluster_cpus: float,
+                   lease_holder: str | None = None):
+    """The render job's Ray Data plan over `items` (manifest rows as dicts), not yet executed. With
+    `lease_holder` (the driver's DriverLease), the actors publish only while that lease is renewed."""
     import ray
 
     actor_cpus, actor_threads = actor_resources(config, cluster_cpus)
@@ -321,7 +403,8 @@ def render_dataset(items: list[dict], config: RenderConfig, *, checkpoint: str, 
     ds = ds.map_batches(
         RenderActor,
         fn_constructor_kwargs={"checkpoint_uri": checkpoint, "output_uri": config.output_uri, "run_id": run_id,
-                               "options": options, "slots": config.rows_per_batch},
+                               "options": options, "lease_holder": lease_holder,
+                               "slots": config.rows_per_batch},
         batch_size=config.rows_per_batch * RENDER_ROWS_PER_SLOT, batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=config.actors),
         num_gpus=config.gpus_per_actor or None,
@@ -375,20 +458,24 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
         items = [{**dataclasses.asdict(r), "tags": json.dumps(r.tags), "output_root": config.output_uri,
                   "controls": r.controls or "", "reference_video": r.reference_video or "",
                   "framing": r.framing or config.framing} for r in todo]
+        # held while the actors may publish: an actor whose driver stops renewing it (killed) uploads nothing more
+        lease = DriverLease(config.output_uri, run_id, options)
         ds = render_dataset(items, config, checkpoint=checkpoint, run_id=run_id, options=options,
-                            image_size=model_config.image_size, cluster_cpus=ray.cluster_resources().get("CPU", 1.0))
+                            image_size=model_config.image_size, cluster_cpus=ray.cluster_resources().get("CPU", 1.0),
+                            lease_holder=lease.holder)
         t0 = time.perf_counter()
-        rows_out = iter(ds.iter_rows())  # a generator: close() below stops the pipeline
-        try:
-            stop.armed = stop.signum is None
-            if stop.armed:
-                for r in rows_out:
-                    rendered.append(r)
-        except JobInterrupted:
-            pass
-        finally:
-            stop.armed = False
-            rows_out.close()  # shuts the streaming executor down: its actors take no more rows
+        with lease:
+            rows_out = iter(ds.iter_rows())  # a generator: close() below stops the pipeline
+            try:
+                stop.armed = stop.signum is None
+                if stop.armed:
+                    for r in rows_out:
+                        rendered.append(r)
+            except JobInterrupted:
+                pass
+            finally:
+                stop.armed = False
+                rows_out.close()  # shuts the streaming executor down: its actors take no more rows
         stage_s["pipeline"] = time.perf_counter() - t0
         for key in ("load_s", "render_s", "encode_s", "composite_s", "upload_s", "metrics_s"):
             # a batch of ok and failed rows holds NaN where a failed row has no figure: skip those
@@ -415,7 +502,8 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
         # rows that finished (state record published) before the pipeline stopped, never returned to the driver
         missing = [r for r in todo if r.row not in by_row]
         try:
-            finished = published_results(config.output_uri, run_id, [r.id for r in missing], options)
+            finished = published_results(config.output_uri, run_id, [r.id for r in missing], options,
+                                         use_results=False)  # this attempt's rows: the old results file predates them
         except Exception as e:  # the store is gone too: those rows count as interrupted, a rerun finds them
             log.warning("cannot list the rows that finished (%s: %s)", type(e).__name__, e)
             finished = {}
@@ -544,22 +632,67 @@ def plan_render(config: RenderConfig) -> RenderPlan:
     return RenderPlan(config.run_id or "(new)", model_version, entries, counts, exit_code)
 
 
-def checkpoint_facts(uri: str, options: storage.StorageOptions) -> tuple[GeneratorConfig, str]:
-    """(GeneratorConfig, version) of a checkpoint, read from its config.json and weights' bytes.
+@dataclass(frozen=True)
+class CheckedConfig:
+    """A checkpoint's GeneratorConfig, as the fields its config.json holds once checked against the weights.
+
+    What the driver needs of it (the image size, the fields for the config hash) without building a
+    GeneratorConfig: the `model` package imports torch, about 230 MB of the driver's memory for good.
+    """
+
+    fields: dict
+
+    @property
+    def image_size(self) -> int:
+        return int(self.fields["image_size"])
+
+    def to_dict(self) -> dict:
+        return dict(self.fields)
+
+
+# run by checkpoint_facts in a child process: prints {"config", "version"} or {"error"} as one JSON line
+CHECK_CHECKPOINT = """
+import json, sys
+from model.checkpoint import CheckpointError, check_weights, checkpoint_version
+try:
+    config = check_weights(sys.argv[1])
+    print(json.dumps({"config": config.to_dict(), "version": checkpoint_version(sys.argv[1])}))
+except CheckpointError as e:
+    print(json.dumps({"error": str(e)}))
+"""
+WEIGHTS_FILE = "model.safetensors"  # model.checkpoint.WEIGHTS_FILE, named here so the driver need not import it
+CHECK_CHECKPOINT_TIMEOUT_S = 300  # torch's import and a hash of the weights; a hung check fails the job (exit 2)
+
+
+def checkpoint_facts(uri: str, options: storage.StorageOptions) -> tuple[CheckedConfig, str]:
+    """(config, version) of a checkpoint, read from its config.json and weights' bytes.
 
     The driver needs only the image size, the config and the version; the actors load the model, once
     each. A missing checkpoint, a foreign or mistyped config.json, pickled or corrupt weights and tensors
-    that disagree with the config fail here (exit 2), before any actor starts.
+    that disagree with the config fail here (ConfigError, exit 2), before any actor starts. The check builds
+    the network on torch's meta device, so it runs in a child process: the driver never imports torch
+    (benchmarks/scale.py measures the driver's peak memory).
     """
-    from model import checkpoint_version
-    from model.checkpoint import WEIGHTS_FILE, check_weights
-
     with storage_local_checkpoint(uri, options) as local:
         if not (local / WEIGHTS_FILE).is_file():
             raise ConfigError(f"checkpoint {uri} has no {WEIGHTS_FILE}")
         # config.json against the safetensors header (names, shapes, dtypes), the network built on the meta
         # device: a config that disagrees with its weights is refused here, with nothing allocated
-        return check_weights(local), checkpoint_version(local)
+        package_root = str(model_package().parent)  # the child imports `model` from where this process would
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        try:
+            child = subprocess.run([sys.executable, "-c", CHECK_CHECKPOINT, str(local)], capture_output=True,
+                                   text=True, env=env, timeout=CHECK_CHECKPOINT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"checkpoint {uri}: checking it took over {CHECK_CHECKPOINT_TIMEOUT_S} s") from None
+        lines = child.stdout.strip().splitlines()
+        if child.returncode != 0 or not lines:
+            last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ConfigError(f"checkpoint {uri}: its check failed (exit {child.returncode}): {last}")
+        facts = json.loads(lines[-1])
+        if "error" in facts:
+            raise ConfigError(facts["error"])
+        return CheckedConfig(facts["config"]), facts["version"]
 
 
 class storage_local_checkpoint:
@@ -582,7 +715,7 @@ class storage_local_checkpoint:
         self.tmp.cleanup()
 
 
-def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_config: GeneratorConfig, model_version: str,
+def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_config: CheckedConfig, model_version: str,
                   results: pd.DataFrame, results_uri: str, counts: dict, frames: int, wall_s: float, stage_s: dict,
                   interrupted: str | None = None, store_error: str | None = None) -> str | None:
     """One MLflow run per job, from the driver only; a job a stop signal ended early ends KILLED."""
@@ -601,7 +734,8 @@ def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_conf
         mlflow.log_params({"manifest_uri": config.manifest_uri, "checkpoint": checkpoint, "config_hash": config_hash,
                            "code_version": code_version(), "actors": config.actors,
                            "gpus_per_actor": config.gpus_per_actor, "max_failed_fraction": config.max_failed_fraction,
-                           "framing": config.framing, "max_side": config.max_side})
+                           "framing": config.framing, "max_side": config.max_side,
+                           "max_seconds": config.max_seconds or "off"})
         mlflow.set_tags({"eartalk.job": "render", "eartalk.results_uri": results_uri,
                          "eartalk.output_uri": config.output_uri, "eartalk.manifest_uri": config.manifest_uri,
                          "eartalk.model_version": model_version, "eartalk.run_id": run_id, **config.mlflow_tags,

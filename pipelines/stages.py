@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 import storage
-from .inputs import (MAX_AUDIO_BYTES, MAX_CONTROLS_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, InputError, check_duration,
-                     fetch_bounded, read_bounded)
+from .inputs import (MAX_AUDIO_BYTES, MAX_AUDIO_SECONDS, MAX_CONTROLS_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, InputError,
+                     check_duration, fetch_bounded, read_bounded)
 from .controls import ControlTrackError, parse_control_track, tracks_from_json, tracks_to_json
 from .lease import LeaseWatch, lease_uri
 
@@ -82,7 +82,8 @@ def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions, 
             aligned = align_face(image, image_size)
             plan = plan_composite(image, aligned, max_side) if out["framing"] == "portrait" else {}
             stage = "audio"
-            audio = load_audio(fetch_bounded(row["audio"], Path(tmp), options, MAX_AUDIO_BYTES))
+            audio = load_audio(fetch_bounded(row["audio"], Path(tmp), options, MAX_AUDIO_BYTES),
+                               max_seconds=MAX_AUDIO_SECONDS)
             check_duration(audio.size / AUDIO_SAMPLE_RATE, max_seconds)
             num_frames = num_frames_for(audio.size, row["fps"])
             tracks = {}
