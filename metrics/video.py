@@ -140,10 +140,16 @@ def adherence_metrics(measured: dict[str, np.ndarray], controls: dict[str, np.nd
 
 
 def reference_metrics(frames: np.ndarray, landmarks: np.ndarray, reference_path: str | Path, detect_every: int) -> dict:
-    from media import read_video
+    from media import MediaError, probe_video, read_video
+    from media.image import MAX_PIXELS
     from skimage.metrics import structural_similarity
 
-    ref = read_video(reference_path).frames
+    # a reference is the user's file: its frames past the video's own are never compared, so never decoded,
+    # and a frame size that would not fit in memory times the video's length is refused before decoding
+    size = probe_video(reference_path)
+    if size["width"] * size["height"] > MAX_PIXELS:
+        raise MediaError(f"{reference_path}: reference frames too large ({size['width']}x{size['height']})")
+    ref = read_video(reference_path, max_frames=len(frames)).frames
     n = min(len(ref), len(frames))
     if ref.shape[1:3] != frames.shape[1:3]:
         ref = np.stack([cv2.resize(f, (frames.shape[2], frames.shape[1]), interpolation=cv2.INTER_AREA) for f in ref[:n]])

@@ -5,7 +5,8 @@ node lost) can still encode and upload for a while, racing a rerun of the same r
 a lease in the output store, `<output>/leases/<run_id>.json` = {"holder", "beat"}, every LEASE_BEAT_S, and
 each render actor checks it before each publish (`LeaseWatch.check`, one small GET):
 
-- another holder there: a newer driver of the run took over, so this actor's driver is gone;
+- another holder there: a newer driver of the run took over (the older one, alive or not, stops renewing
+  once it sees that), so this actor's driver is gone;
 - the same holder but its beat unchanged for LEASE_TIMEOUT_S of the actor's own monotonic clock: the
   driver stopped renewing (killed). Only the actor's clock measures the wait, so clock skew between nodes
   does not matter, and any node that reaches the output store can check.
@@ -52,6 +53,7 @@ class DriverLease:
         self.uri, self.options, self.beat_s = lease_uri(output_uri, run_id), options, beat_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.beat = 0
+        self.superseded: str | None = None  # the newer driver that took the lease over, if one did
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="eartalk-lease", daemon=True)
 
@@ -60,8 +62,21 @@ class DriverLease:
         storage.publish_bytes(json.dumps({"holder": self.holder, "beat": self.beat, "at": time.time()}).encode(),
                               self.uri, self.options)
 
+    def holder_now(self) -> str | None:
+        """Who holds the lease in the store now (None: no lease there, or unreadable)."""
+        try:
+            return json.loads(storage.read_bytes(self.uri, self.options)).get("holder")
+        except Exception:  # the store is away or the lease is gone: renewing says which
+            return None
+
     def _run(self) -> None:
         while not self._stop.wait(self.beat_s):
+            holder = self.holder_now()
+            if holder not in (None, self.holder):  # a newer driver of this run took over: it keeps the lease
+                self.superseded = holder
+                log.error("another driver (%s) took this run's lease %s: this driver's actors publish nothing more",
+                          holder, self.uri)
+                return
             try:
                 self.renew()
             except Exception as e:  # the store is away for now: the next beat tries again

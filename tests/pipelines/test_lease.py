@@ -55,6 +55,24 @@ def test_a_newer_driver_of_the_run_stops_the_old_drivers_actors_at_once(tmp_path
     assert json.loads(storage.read_bytes(lease_uri(out, "run1"), options))["holder"] == new.holder
 
 
+def test_an_older_driver_stops_renewing_once_a_newer_one_took_the_lease(tmp_path):
+    """Else the two would overwrite each other's lease at every beat, and each one's actors would refuse and
+    accept publishing in turn."""
+    options = storage.StorageOptions.from_env()
+    out = str(tmp_path / "out")
+    with DriverLease(out, "run1", options, beat_s=0.1) as old:
+        time.sleep(0.3)
+        new = DriverLease(out, "run1", options)
+        new.renew()
+        deadline = time.monotonic() + 10
+        while old.superseded is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert old.superseded == new.holder
+        time.sleep(0.3)  # several of the old driver's beats: it renews no more
+        assert json.loads(storage.read_bytes(lease_uri(out, "run1"), options)) == {
+            "holder": new.holder, "beat": 1, "at": pytest.approx(time.time(), abs=30)}
+
+
 def test_a_lease_never_written_stops_the_actor_after_the_timeout(tmp_path):
     watch = LeaseWatch(lease_uri(str(tmp_path / "out"), "run1"), "nobody", storage.StorageOptions.from_env(),
                        timeout_s=0.3)
