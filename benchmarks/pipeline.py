@@ -1,12 +1,18 @@
 """Pipeline overhead: the render job's frames/s against the bare generator's, same CPUs, one run.
 
-    python benchmarks/pipeline.py [--clips 16] [--seconds 2] [--checkpoint DIR]
+    python benchmarks/pipeline.py [--clips 16] [--seconds 2] [--actors 1] [--checkpoint DIR]
 
 Prints one JSON object:
 - pipeline_vs_bare: frames/s of the whole job (manifest read, asset loading, rendering, MP4 encode,
-  publish, results) over frames/s of `Generator.stream` alone on the same inputs and batch size, with the
-  generator on the same number of threads as the pipeline's render actor, measured before and after the
+  publish, results; metrics off) over frames/s of `Generator.stream` alone on the same inputs and batch
+  size, with the bare generator on as many threads as all render actors together (the job's default
+  resources on this machine's cores, pipelines.render.actor_resources), measured before and after the
   pipeline and the faster one kept (the ratio errs low on a shared machine; goal >= 0.90);
+- cpu_utilisation: the share of the cores busy during the timed job, from the CPU time of the job's own
+  processes (the driver and every Ray process under it, sampled with psutil; goal >= 0.85), and
+  machine_cpu_utilisation, every process's (/proc/stat: on a shared machine it counts the others too);
+- ray_data_plan: the physical operators Ray Data logged when it started the timed job (the asset stage
+  must be its own TaskPoolMapOperator, not fused into the render actor's);
 - stage_share: share of the summed stage time spent reading/decoding inputs, rendering, encoding,
   uploading and measuring (metrics measured on a few clips of a second run, scaled per clip);
 - composite_vs_render: time spent compositing faces back into the portraits (framing `portrait`, the
@@ -19,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -68,34 +77,120 @@ def bare_frames_per_s(checkpoint: str, manifest: Path, batch: int, threads: int)
     return frames / (time.perf_counter() - start)
 
 
+def machine_busy_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot, from /proc/stat (idle and iowait are idle)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+class CpuSampler:
+    """Samples the CPU seconds of this process and every process under it (the local Ray cluster and its
+    workers) while the context runs: processes that start meanwhile count from zero, those already running
+    from their time at the start; a process that exits between two samples loses at most one interval."""
+
+    def __init__(self, interval_s: float = 0.25):
+        import psutil
+
+        self.psutil, self.interval_s = psutil, interval_s
+        self.start_cpu: dict[tuple[int, float], float] = {}
+        self.last_cpu: dict[tuple[int, float], float] = {}
+        self._stop = threading.Event()
+
+    def _tree(self):
+        me = self.psutil.Process()
+        return [me] + me.children(recursive=True)
+
+    def _sample(self, first: bool = False) -> None:
+        for proc in self._tree():
+            try:
+                key = (proc.pid, proc.create_time())  # a pid reused by a new process is a new key
+                t = proc.cpu_times()
+            except self.psutil.Error:  # exited meanwhile
+                continue
+            seconds = t.user + t.system
+            if first:
+                self.start_cpu[key] = seconds
+            self.last_cpu[key] = seconds
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self):
+        self._sample(first=True)
+        self.machine0, self.t0 = machine_busy_ticks(), time.perf_counter()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.wall_s = time.perf_counter() - self.t0
+        busy, total = machine_busy_ticks()
+        self.machine = (busy - self.machine0[0]) / max(1, total - self.machine0[1])
+        self.cpu_s = sum(v - self.start_cpu.get(k, 0.0) for k, v in self.last_cpu.items())
+
+    def utilisation(self, cores: int) -> float:
+        return self.cpu_s / (self.wall_s * cores)
+
+
+class PlanLog(logging.Handler):
+    """Keeps the execution plans Ray Data logs as it starts each dataset."""
+
+    def __init__(self):
+        super().__init__()
+        self.plans: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "Execution plan of Dataset" in message:
+            self.plans.append(message.split(": ", 1)[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--actors", type=int, default=1, help="render actors (the job's default: 1)")
     parser.add_argument("--checkpoint", default=None)
     args = parser.parse_args()
 
     import ray
 
     from model import DEFAULT_CHECKPOINT, Generator, get_preset, save_checkpoint
-    from pipelines.render import ROWS_PER_RENDER_BATCH, RenderConfig, run_render
+    from pipelines.render import ROWS_PER_RENDER_BATCH, RenderConfig, actor_resources, run_render
+
+    cores = os.cpu_count() or 1
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         checkpoint = args.checkpoint or (str(DEFAULT_CHECKPOINT) if (DEFAULT_CHECKPOINT / "model.safetensors").exists()
                                          else str(save_checkpoint(Generator(get_preset("tiny")), d / "random-tiny")))
         manifest = make_manifest(d, args.clips, args.seconds)
+
+        def job(out: str, rows: Path = manifest, metrics: bool = False) -> RenderConfig:
+            return RenderConfig(str(rows), str(d / out), checkpoint=checkpoint, metrics=metrics, actors=args.actors,
+                                tracking_uri=f"sqlite:///{d}/ml.db")
+
+        actor_cpus, actor_threads = actor_resources(job("out"), cores)
+        threads = args.actors * actor_threads  # the bare generator gets every render thread of the job
         # the machine is shared: measure the bare generator before and after the pipeline, keep the faster
-        bare_before = bare_frames_per_s(checkpoint, manifest, ROWS_PER_RENDER_BATCH, threads=1)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        run_render(RenderConfig(str(manifest), str(d / "warmup"), checkpoint=checkpoint, metrics=False, tracking_uri=f"sqlite:///{d}/ml.db"))
-        outcome = run_render(RenderConfig(str(manifest), str(d / "out"), checkpoint=checkpoint, metrics=False, tracking_uri=f"sqlite:///{d}/ml.db"))
+        bare_before = bare_frames_per_s(checkpoint, manifest, ROWS_PER_RENDER_BATCH, threads=threads)
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        run_render(job("warmup"))
+        plans = PlanLog()  # the executor's own logger: Ray Data replaces the handlers of "ray.data"
+        logging.getLogger("ray.data._internal.execution.streaming_executor").addHandler(plans)
+        with CpuSampler() as cpu:
+            outcome = run_render(job("out"))
         pipeline_fps = outcome.frames / outcome.wall_s
         few = d / "few.jsonl"
         few.write_text("".join(manifest.read_text().splitlines(keepends=True)[:4]))
-        measured = run_render(RenderConfig(str(few), str(d / "measured"), checkpoint=checkpoint, tracking_uri=f"sqlite:///{d}/ml.db"))
+        measured = run_render(job("measured", few, metrics=True))
         ray.shutdown()
-        bare_after = bare_frames_per_s(checkpoint, manifest, ROWS_PER_RENDER_BATCH, threads=1)
+        bare_after = bare_frames_per_s(checkpoint, manifest, ROWS_PER_RENDER_BATCH, threads=threads)
         bare_fps = max(bare_before, bare_after)
         s, per_clip_metrics = outcome.stage_s, measured.stage_s.get("metrics", 0.0) / max(1, measured.counts["ok"])
         stages = {"reading_decoding": s.get("load", 0.0), "rendering": s.get("render", 0.0),
@@ -103,10 +198,15 @@ def main() -> None:
                   "measuring": per_clip_metrics * outcome.counts["ok"]}
         total = sum(stages.values()) or 1.0
         print(json.dumps({
-            "clips": args.clips, "seconds_per_clip": args.seconds, "checkpoint": checkpoint,
+            "clips": args.clips, "seconds_per_clip": args.seconds, "checkpoint": checkpoint, "cores": cores,
+            "actors": args.actors, "actor_cpus": round(actor_cpus, 3), "actor_threads": actor_threads,
+            "bare_threads": threads,
             "pipeline_frames_per_s": round(pipeline_fps, 2), "bare_frames_per_s": round(bare_fps, 2),
             "bare_frames_per_s_before_after": [round(bare_before, 2), round(bare_after, 2)],
             "pipeline_vs_bare": round(pipeline_fps / bare_fps, 3),
+            "cpu_utilisation": round(cpu.utilisation(cores), 3),
+            "machine_cpu_utilisation": round(cpu.machine, 3),
+            "ray_data_plan": plans.plans[0] if plans.plans else None,
             "stage_share": {k: round(v / total, 3) for k, v in stages.items()},
             "stage_s": {k: round(v, 2) for k, v in stages.items()},
             "composite_vs_render": round(s.get("composite", 0.0) / max(s.get("render", 0.0), 1e-9), 3),

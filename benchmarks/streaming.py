@@ -12,7 +12,16 @@ Prints one JSON object:
   not depend on them) measured back to back with the regression head's at each batch size, their ratio
   (goal >= 0.8), and the share of a frame step's time spent in the flow head (noise draws and its
   `flow_steps` MLP passes, timed alone on the same shapes; goal <= 0.25);
-- on CUDA, also frames/s of the preset with DeepSpeed inference vs plain torch.
+- on CUDA, also frames/s of the preset with DeepSpeed inference vs plain torch;
+- flops_per_frame: for every preset (`tiny`, `base`), the FLOPs of one steady-state frame step of one video
+  (the window full), counted by torch's FlopCounterMode on the meta device (shapes only, so `base` costs
+  nothing to count) and split into transformer (every layer, attention over sink + window included),
+  head (regression: one linear; flow: its `flow_steps` MLP passes) and decoder (the frame VAE's decode);
+  the audio encoder and the portrait's reference features run once per video and are left out;
+- matmul_flops_per_s: this device's measured dense matmul rate (fp32 and bf16, 2048^3 products, torch's
+  threads), so frames/s can be read against a peak: frames_per_s_bound is that rate (and an H100's ~990
+  dense bf16 TFLOP/s, H100_BF16_DENSE_FLOPS) over a frame's FLOPs, and flop_utilisation this run's frames/s
+  at each batch times the preset's FLOPs per frame over the measured fp32 rate.
 Not a test: compare ratios from one run on one machine.
 """
 
@@ -33,6 +42,8 @@ from model import Generator, RenderRequest, get_preset, load_checkpoint, prepare
 from model.flow_head import TokenNoise  # noqa: E402
 
 BATCHES = (1, 4, 8)
+H100_BF16_DENSE_FLOPS = 989e12  # NVIDIA's H100 SXM datasheet: dense (no sparsity) bf16 tensor-core peak
+MATMUL_SIZE = 2048  # side of the square matrices timed for the device's matmul rate
 
 
 def make_request(g: Generator, frames: int, seed: int = 0) -> RenderRequest:
@@ -112,6 +123,92 @@ def cache_speedup(g: Generator, frames: int) -> tuple[float, float]:
     return t_full / t_cached, diff
 
 
+def step_flops(g: Generator, parts: tuple[str, ...] = ("transformer", "head", "decoder")) -> dict[str, int]:
+    """FLOPs of one steady-state frame step of one video, by part: transformer, head, decoder.
+
+    Counted by FlopCounterMode on the real ops (linear, conv, scaled-dot-product attention; elementwise
+    work is not counted), with the transformer on a cache whose window is full (sink + window blocks of
+    keys: the steady state of a long video). The cache is advanced to it without computing the earlier steps.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    cfg, Pb, dev = g.config, g.block_tokens, g.device
+    # PyTorch's CPU kernel for masked attention has no FLOP formula of its own: the same count as the others
+    extra = {}
+    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        extra[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = (
+            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v))
+
+    def counted(fn) -> tuple[int, object]:
+        with FlopCounterMode(display=False, custom_mapping=extra) as counter:
+            out = fn()
+        return counter.get_total_flops(), out
+
+    flops = {}
+    with torch.no_grad():
+        if "transformer" in parts:
+            block = cfg.sink_frames + cfg.window_frames  # the first block that attends to a full window
+            cache = g.new_cache(1)
+            for b in range(block):
+                cache.step(b)
+            tokens = torch.randn(1, Pb, cfg.d_model, device=dev, dtype=g.dtype)  # (B, Pb, D)
+            flops["transformer"], _ = counted(lambda: g.transformer.forward_cached(tokens, cache, block))
+        if "head" in parts:
+            frame_hidden = torch.randn(1, 1, cfg.frame_tokens, cfg.d_model, device=dev, dtype=g.dtype)  # (B, 1, P, D)
+            head = (lambda: g.sample_deltas(frame_hidden, None)) if cfg.head == "flow" else (lambda: g.head(frame_hidden))
+            flops["head"], _ = counted(head)
+        if "decoder" in parts:
+            reference = g.vae.reference(torch.rand(1, 3, cfg.image_size, cfg.image_size, device=dev, dtype=g.dtype))
+            latent = torch.randn(1, cfg.latent_channels, cfg.latent_size, cfg.latent_size, device=dev, dtype=g.dtype)
+            flops["decoder"], _ = counted(lambda: g.vae.decode(latent, reference))
+    return flops
+
+
+def flops_per_frame(config) -> dict:
+    """step_flops of `config` with the regression head and with the flow head (same architecture), on the CPU
+    (random weights: the count depends on shapes alone)."""
+    plain = step_flops(Generator(replace(config, head="regression")).eval())
+    flow_head = step_flops(Generator(replace(config, head="flow", audio_mouth=False)).eval(), parts=("head",))["head"]
+    shared = plain["transformer"] + plain["decoder"]
+    return {"transformer": plain["transformer"], "head_regression": plain["head"], "head_flow": flow_head,
+            "decoder": plain["decoder"], "total_regression": shared + plain["head"], "total_flow": shared + flow_head}
+
+
+def matmul_flops_per_s(device: str, dtype: torch.dtype, size: int = MATMUL_SIZE, seconds: float = 1.0) -> float:
+    """Measured dense matmul FLOP/s: (size x size) @ (size x size) products for about `seconds`."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    a @ b  # warm-up
+    sync()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(4):  # a few products per check: on CUDA the clock is read after the queue drains
+            a @ b
+        sync()
+        n += 4
+    return 2 * size**3 * n / (time.perf_counter() - start)
+
+
+def peak_report(device: str, config, frames_per_s_by_batch: dict[str, float]) -> dict:
+    """FLOPs per frame of every preset, this device's matmul rate and the frames/s bounds they imply; the
+    measured frames/s (of a generator with `config`) as a share of the fp32 matmul rate."""
+    from model.config import PRESETS
+
+    flops = {name: flops_per_frame(preset) for name, preset in PRESETS.items()}
+    rates = {"fp32": matmul_flops_per_s(device, torch.float32), "bf16": matmul_flops_per_s(device, torch.bfloat16)}
+    bound = {name: {"this_device_fp32": round(rates["fp32"] / f["total_regression"], 1),
+                    "this_device_bf16": round(rates["bf16"] / f["total_regression"], 1),
+                    "h100_bf16_dense": round(H100_BF16_DENSE_FLOPS / f["total_regression"], 1)}
+             for name, f in flops.items()}
+    per_frame = flops_per_frame(config)["total_flow" if config.head == "flow" else "total_regression"]
+    utilisation = {b: round(fps * per_frame / rates["fp32"], 4) for b, fps in frames_per_s_by_batch.items()}
+    return {"flops_per_frame": flops, "matmul_flops_per_s": {k: round(v, -6) for k, v in rates.items()},
+            "matmul_size": MATMUL_SIZE, "torch_threads": torch.get_num_threads(),
+            "h100_bf16_dense_flops_per_s": H100_BF16_DENSE_FLOPS,
+            "frames_per_s_bound": bound, "flop_utilisation": utilisation}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="tiny")
@@ -152,6 +249,7 @@ def main() -> None:
         plain, _ = prepare_for_inference(Generator(get_preset(args.preset)), device, use_deepspeed=False)
         result["deepspeed_vs_torch_frames_per_s"] = {"deepspeed": round(frames_per_s(g, 8, 50), 2),
                                                      "torch": round(frames_per_s(plain, 8, 50), 2)}
+    result.update(peak_report(device, base.config, result["frames_per_s"]))
     print(json.dumps(result))
 
 

@@ -1,0 +1,1 @@
+"""Tests of the benchmarks' own logic (their figures are measured by running them, never in tests)."""
