@@ -13,7 +13,8 @@ was SIGKILLed before writing its results), then prints one JSON object:
 - driver_peak_rss_mb: peak RSS of a fresh driver process (`run_render`, results Parquet and MLflow run
   included) for ROWS rows, twice: `resume` (the S3 run above again: every row skipped, no Ray) and
   `pipeline` (ROWS rows through local Ray Data, each failing at its asset stage on a missing file, so the
-  driver collects ROWS results without rendering); goal <= 600 MB.
+  driver collects ROWS results without rendering); goal <= 600 MB. driver_imported_torch: whether either
+  driver imported torch (the checkpoint check runs in a child process, so it should not).
 Not a test: numbers depend on the machine and on moto's speed (a real S3 lists and reads faster).
 """
 
@@ -43,7 +44,8 @@ DRIVER = textwrap.dedent('''
     manifest, output, tracking, run_id = sys.argv[1:5]
     outcome = run_render(RenderConfig(manifest_uri=manifest, output_uri=output, run_id=run_id, metrics=False,
                                       tracking_uri=tracking, max_failed_fraction=1.0))
-    print(json.dumps({"counts": outcome.counts, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"counts": outcome.counts, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "torch_imported": "torch" in sys.modules}))
 ''')
 
 
@@ -153,6 +155,7 @@ def main() -> None:
             "validate_s": round(validate_s, 2), "resume_scan_s": round(scan_s, 2), "records_read": args.unlisted,
             "validate_and_resume_scan_s": round(validate_s + scan_s, 2), "goal_validate_and_resume_scan_s": 10,
             "driver_peak_rss_mb": {"resume": round(resume["peak_rss_mb"]), "pipeline": round(pipeline["peak_rss_mb"])},
+            "driver_imported_torch": resume["torch_imported"] or pipeline["torch_imported"],
             "goal_driver_peak_rss_mb": 600,
         }))
     finally:
