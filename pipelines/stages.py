@@ -134,7 +134,8 @@ class RenderActor:
     """Holds one generator (loaded once) and renders its rows by continuous batching (model/slots.py).
 
     `slots` videos stream at once, each at its own frame; when one ends its slot takes the next row of the
-    call at once, so a long row never holds up the others and no frame is computed to be thrown away.
+    call at once (`start_order`), so a long row never holds up the others and no frame is computed to be
+    thrown away.
     Each video is encoded by its own thread while the frames are generated (media.EncoderThread) and is
     closed and uploaded on that thread the moment it ends: nothing on the generation loop waits on an
     encoder or on storage. The call is a generator: each row is yielded as soon as it is published (or
@@ -198,7 +199,7 @@ class RenderActor:
         if not rows:
             return
         stream = self.generator.slots(slots)
-        todo = list(rows)
+        todo = start_order(rows)
         videos: dict[int, _Video] = {}  # slot -> the video it renders
         finishing: list[_Video] = []  # encoded and uploaded on their threads
         try:
@@ -293,6 +294,20 @@ class RenderActor:
                  height=int(r.get("frame_height") or self.size),
                  render_s=render_s, encode_s=encode_s, upload_s=time.perf_counter() - t0,
                  model_version=self.model_version, run_id=self.run_id, engine=self.report.engine)
+
+
+def start_order(rows: list[dict]) -> list[dict]:
+    """The order a call's rows take free slots: the shortest first, then longest first.
+
+    Longest first (LPT list scheduling) keeps the slots busy until the call's end: what is left to drain
+    when no row waits is short rows, not one long row stepping alone. The shortest goes first so that a
+    video is published within its own length of the call's start instead of after the longest rows.
+    """
+    if len(rows) < 2:
+        return list(rows)
+    first = min(range(len(rows)), key=lambda i: int(rows[i]["num_frames"]))  # ties: the earliest row
+    rest = rows[:first] + rows[first + 1 :]
+    return [rows[first], *sorted(rest, key=lambda r: -int(r["num_frames"]))]  # stable: ties keep the batch's order
 
 
 @dataclass

@@ -194,3 +194,13 @@ def test_an_actor_start_removes_the_scratch_of_dead_actors_and_keeps_live_ones(t
         for p in actors:
             p.kill()
             p.wait(timeout=30)
+
+
+def test_a_call_starts_its_shortest_row_first_then_the_longest():
+    """Longest first keeps every slot busy to the call's end (no long row stepping alone at its tail); the
+    shortest first publishes a video early."""
+    from pipelines.stages import start_order
+
+    rows = [{"id": name, "num_frames": n} for name, n in (("a", 30), ("b", 5), ("c", 90), ("d", 5), ("e", 60))]
+    assert [r["id"] for r in start_order(rows)] == ["b", "c", "e", "a", "d"]
+    assert start_order(rows[:1]) == rows[:1] and start_order([]) == []
