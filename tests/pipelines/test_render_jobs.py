@@ -131,12 +131,15 @@ def test_a_signalled_driver_records_what_finished_and_a_rerun_finishes_the_job(t
     out, run_id, tracking = tmp_path / "out", "sig", f"sqlite:///{tmp_path / 'mlflow.db'}"
     ids = [f"clip{i}" for i in range(10)]
     driver = render_driver(ten_clips, out, run_id, random_tiny_checkpoint, tracking)
-    state = out / "state" / run_id
+    state, published = out / "state" / run_id, out / "videos" / run_id
     deadline = time.monotonic() + 300
-    while not (state.is_dir() and any(p.suffix == ".json" for p in state.iterdir())):
+    # the first video out (not one being published, .tmp-*): the render actor still has rows in hand
+    while not (published.is_dir() and any(p.suffix == ".mp4" and not p.name.startswith(".tmp-")
+                                          for p in published.iterdir())):
         assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
         time.sleep(0.05)
-    first_done = {p.stem for p in state.iterdir() if p.suffix == ".json"}
+    first_done = {p.stem for p in state.iterdir() if p.suffix == ".json" and not p.name.startswith(".tmp-")} \
+        if state.is_dir() else set()
     driver.send_signal(signum)
     stdout, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 128 + signum, (stdout[-2000:], stderr[-4000:])
@@ -233,3 +236,95 @@ def test_an_object_store_lost_mid_run_fails_the_job_clearly_with_a_local_copy_an
     run = client.get_run(outcome.mlflow_run_id)
     assert run.data.tags["eartalk.store_error"] == outcome.store_error
     assert run.data.tags["eartalk.results_uri"] == str(local)
+
+
+def test_a_newer_driver_taking_the_runs_lease_stops_the_older_drivers_actors_publishing(
+        tmp_path, ten_clips, random_tiny_checkpoint, ray_local):
+    """Regression guard: a worker outlived its driver and kept publishing. The actors check the driver's
+    lease (pipelines/lease.py) before each upload; here a newer holder takes it once the first video is out,
+    while the older driver (this process, on real Ray) still runs: its actors upload nothing more."""
+    import threading
+
+    import storage
+    from pipelines.lease import DriverLease
+    from pipelines.render import RenderConfig, run_render
+
+    out, run_id = tmp_path / "out", "taken"
+    videos = out / "videos" / run_id
+    taken: dict[str, float] = {}
+
+    def take_over_after_the_first_video() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if videos.is_dir() and any(p.suffix == ".mp4" and not p.name.startswith(".tmp-") for p in videos.iterdir()):
+                newer = DriverLease(str(out), run_id, storage.StorageOptions.from_env())
+                newer.renew()
+                taken.update(at=time.time(), holder=newer.holder)
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=take_over_after_the_first_video, daemon=True)
+    watcher.start()
+    outcome = run_render(RenderConfig(manifest_uri=str(ten_clips), output_uri=str(out), run_id=run_id,
+                                      checkpoint=str(random_tiny_checkpoint), metrics=False, max_failed_fraction=1.0,
+                                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    watcher.join(timeout=5)
+    assert taken, "no video was published"
+    df = outcome.results.set_index("id")
+    refused = df[df.error.str.contains("another driver", na=False)]
+    assert len(refused) >= 1, df[["status", "error"]]  # rows were left when the lease was taken
+    assert (refused.status == "failed").all()
+    assert refused.error.str.contains(f"another driver \\({taken['holder']}\\) holds this run's lease").all()
+    assert set(df.status) <= {"ok", "failed"} and set(df.index[df.status == "failed"]) == set(refused.index)
+    # nothing uploaded after the takeover: refused rows have no video, ok rows' videos came before it
+    published = {p.stem: p.stat().st_mtime for p in videos.iterdir() if p.suffix == ".mp4" and not p.name.startswith(".tmp-")}
+    assert not set(refused.index) & set(published)
+    assert max(published.values()) <= taken["at"] + 1.0, (published, taken)
+
+
+def test_a_sigkilled_driver_leaves_no_worker_publishing_and_a_rerun_finishes_exactly_once(
+        tmp_path, ten_clips, random_tiny_checkpoint):
+    """A real driver (`python -m jobs.render`, its own local Ray) SIGKILLed once its first video is out: every
+    upload after the kill happens within the lease's timeout (Ray may stop the workers sooner; the lease bounds
+    it on any cluster), and a rerun with the same run id renders the rest once."""
+    from metrics.schema import read_results
+    from pipelines.lease import LEASE_TIMEOUT_S
+
+    out, run_id, tracking = tmp_path / "out", "killed", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    videos = out / "videos" / run_id
+    args = [sys.executable, "-m", "jobs.render", str(ten_clips), "--output", str(out), "--run-id", run_id,
+            "--checkpoint", str(random_tiny_checkpoint), "--tracking-uri", tracking, "--no-metrics"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # its own session: the Ray processes it starts can be found (and ended) by its process group afterwards
+    driver = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        # a published video, not one being published (.tmp-*)
+        while not (videos.is_dir() and any(p.suffix == ".mp4" and not p.name.startswith(".tmp-") for p in videos.iterdir())):
+            assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1][-4000:]
+            time.sleep(0.02)
+        driver.kill()
+        killed = time.time()
+        driver.wait(timeout=30)
+        time.sleep(LEASE_TIMEOUT_S + 10)  # what a surviving worker could still upload, and then some
+        late = {p.name: round(p.stat().st_mtime - killed, 2) for p in videos.iterdir() if p.stat().st_mtime > killed}
+        print(f"uploads after the kill (s after it): {late}")
+        assert all(t <= LEASE_TIMEOUT_S + 2 for t in late.values()), late
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # the killed driver's Ray processes that are still there
+        except ProcessLookupError:
+            pass
+    first = {p.name: p.stat().st_mtime_ns for p in videos.iterdir() if p.suffix == ".mp4"}
+    rerun = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    ids = [f"clip{i}" for i in range(10)]
+    df = read_results(str(out / "results" / f"{run_id}.parquet")).set_index("id")
+    assert sorted(df.index) == ids and set(df.status) <= {"ok", "skipped"}, df[["status", "error"]]
+    assert sorted(p.name for p in videos.iterdir()) == [f"{i}.mp4" for i in ids]
+    # a video published with its state record is skipped and untouched; one without is rendered again
+    for name in df.index[df.status == "skipped"]:
+        assert (videos / f"{name}.mp4").stat().st_mtime_ns == first[f"{name}.mp4"]
+    for i in ids:
+        check_video(videos / f"{i}.mp4", expected_audio_s=1.0)
