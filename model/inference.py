@@ -4,7 +4,8 @@
   DeepSpeed's kernel injection knows HF architectures, not this one; for a custom module it converts
   dtype and places the module, which is what we use it for. A CUDA graph of the whole module is not
   captured: the per-frame step reads and writes the KV cache, so graph capture is left to torch.compile
-  (`compile=True`), which handles the static per-step shapes.
+  (`compile=True`), which handles the static per-step shapes. With continuous batching (slots.py) a step's
+  batch is its busy slots, so a compiled step is specialised once per busy count it meets.
 - CPU: `deepspeed.init_inference(..., dtype=torch.float32)`: the CPU accelerator rejects DeepSpeed's
   fp16 default. Outputs equal the plain module's.
 - Anything DeepSpeed refuses (not installed, an accelerator it does not know): plain PyTorch, with the

@@ -153,8 +153,9 @@ class SlotStream:
             pick(self._reference.image), tuple(pick(f) for f in self._reference.features), pick(self._reference.latent))
         prev = pick(self._prev)  # (n, Cl, L, L)
         block = g.frame_blocks(prev[:, None], audio, controls)[:, 0]  # (n, Pb, d_model)
-        hidden = g.transformer.forward_cached(block, self.cache, block=[i + 1 for i in t],
-                                              rows=None if everyone else busy)  # (n, Pb, d_model)
+        # blocks and rows as tensors: a compiled forward_cached (inference.py) guards on their shapes, not values
+        hidden = g.transformer.forward_cached(block, self.cache, block=torch.tensor(t) + 1,
+                                              rows=None if everyone else torch.tensor(busy))  # (n, Pb, d_model)
         noise = SlotNoise([v.noise for v in videos]) if g.config.head == "flow" else None
         latent = g.predict_latents(hidden[:, None], ref.latent, audio, noise)[:, 0]  # (n, Cl, L, L)
         if index is None:
