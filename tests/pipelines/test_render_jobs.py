@@ -112,11 +112,16 @@ def ten_clips(tmp_path_factory, astronaut_png, speech_wav, shared_media) -> Path
                                                "audio": str(speech)} for i in range(10)])
 
 
+# A driver subprocess starts its own local Ray (RAY_ADDRESS=local): left to find one, `ray.init()` joins the
+# session-scoped instance of the pytest process, whose CPUs other tests' actors may hold, and waits for them.
+DRIVER_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "local"}
+
+
 def render_driver(manifest: Path, out: Path, run_id: str, checkpoint: Path, tracking: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "jobs.render", str(manifest), "--output", str(out), "--run-id", run_id,
                              "--checkpoint", str(checkpoint), "--tracking-uri", tracking, "--no-metrics"],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                            env=DRIVER_ENV)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -294,7 +299,7 @@ def test_a_sigkilled_driver_leaves_no_worker_publishing_and_a_rerun_finishes_exa
     videos = out / "videos" / run_id
     args = [sys.executable, "-m", "jobs.render", str(ten_clips), "--output", str(out), "--run-id", run_id,
             "--checkpoint", str(random_tiny_checkpoint), "--tracking-uri", tracking, "--no-metrics"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = DRIVER_ENV
     # its own session: the Ray processes it starts can be found (and ended) by its process group afterwards
     driver = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env=env, start_new_session=True)
