@@ -357,7 +357,7 @@ def previous_results(rows, config: RenderConfig, run_id: str, options) -> dict[s
     return published_results(config.output_uri, run_id, [r.id for r in rows], options)
 
 
-def actor_resources(config: RenderConfig, cluster_cpus: float) -> tuple[float, int]:
+def actor_resources(config: RenderConfig, cluster_cpus: float, node_cpus: float | None = None) -> tuple[float, int]:
     """(CPUs each render actor reserves, torch threads it runs).
 
     An explicit `cpus_per_actor` is taken as it is, with Ray's own thread count (its floor, at least 1).
@@ -374,18 +374,20 @@ def actor_resources(config: RenderConfig, cluster_cpus: float) -> tuple[float, i
         return GPU_ACTOR_CPUS, 1
     stages = LOAD_CPUS + (METRICS_CPUS if config.metrics else RECORD_ALONE_CPUS)
     share = max(MIN_ACTOR_CPUS, (cluster_cpus - stages) / config.actors)
+    if node_cpus is not None:  # an actor lives on one node: a share beyond the largest node's would never start
+        share = max(MIN_ACTOR_CPUS, min(share, node_cpus - LOAD_CPUS))
     threads = max(1, math.floor((cluster_cpus - (METRICS_CPUS if config.metrics else 0)) / config.actors))
     return share, threads
 
 
 def render_dataset(items: list[dict], config: RenderConfig, *, checkpoint: str, run_id: str,
                    options: storage.StorageOptions, image_size: int, cluster_cpus: float,
-                   lease_holder: str | None = None):
+                   lease_holder: str | None = None, node_cpus: float | None = None):
     """The render job's Ray Data plan over `items` (manifest rows as dicts), not yet executed. With
     `lease_holder` (the driver's DriverLease), the actors publish only while that lease is renewed."""
     import ray
 
-    actor_cpus, actor_threads = actor_resources(config, cluster_cpus)
+    actor_cpus, actor_threads = actor_resources(config, cluster_cpus, node_cpus)
     ds = ray.data.from_items(items)
     # INPUT: manifest rows. OUTPUT: + aligned portrait / audio / controls bytes, status, error. 1:1.
     # CPU tasks: decode and face alignment are per-row CPU work that must not stall the generator actors.
@@ -462,7 +464,8 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
         lease = DriverLease(config.output_uri, run_id, options)
         ds = render_dataset(items, config, checkpoint=checkpoint, run_id=run_id, options=options,
                             image_size=model_config.image_size, cluster_cpus=ray.cluster_resources().get("CPU", 1.0),
-                            lease_holder=lease.holder)
+                            lease_holder=lease.holder,
+                            node_cpus=max(n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]))
         t0 = time.perf_counter()
         with lease:
             rows_out = iter(ds.iter_rows())  # a generator: close() below stops the pipeline
