@@ -163,7 +163,7 @@ class RenderActor:
         fcntl.flock(self._scratch_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         (self.workdir / f"{SCRATCH_LOCK}-new").rename(self.workdir / SCRATCH_LOCK)
         remove_stale_scratch(Path(tempfile.gettempdir()), keep=self.workdir)
-        # Ray sets OMP_NUM_THREADS to the actor's num_cpus, so torch uses the CPUs it was given
+        # torch's thread count comes from OMP_NUM_THREADS, which render_dataset sets in the actor's runtime_env
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # a remote checkpoint's local copy is only read here: once loaded the weights live in memory, so it goes
         with tempfile.TemporaryDirectory(prefix="eartalk-checkpoint-") as tmp:
