@@ -236,7 +236,11 @@ def test_an_object_store_lost_mid_run_fails_the_job_clearly_with_a_local_copy_an
     local = tmp_path / "eartalk-results-lost.parquet"
     assert outcome.results_uri == str(local) and f"a local copy is at {local}" in outcome.store_error
     df = read_results(str(local))
-    assert sorted(df["id"]) == ["clip0", "clip1", "clip2"] and (df["status"] == "ok").sum() >= 1
+    assert sorted(df["id"]) == ["clip0", "clip1", "clip2"] and set(df["status"]) <= {"ok", "failed"}
+    # the server is killed once a state record is listed; that record's own reply may still be in flight,
+    # so its row can come back failed too: every failure names the lost endpoint, none is lost
+    failed = df[df["status"] == "failed"]
+    assert all(f"127.0.0.1:{port}" in e for e in failed["error"]), list(failed["error"])
     client = MlflowClient(tracking)
     run = client.get_run(outcome.mlflow_run_id)
     assert run.data.tags["eartalk.store_error"] == outcome.store_error

@@ -116,7 +116,7 @@ def test_an_unexpected_error_while_loading_fails_just_that_row(monkeypatch, astr
     """The asset stage's last resort: an exception no handler names fails the row with its type and message."""
     import media
 
-    def broken(path):
+    def broken(path, **options):
         raise RuntimeError("decoder exploded")
 
     monkeypatch.setattr(media, "load_audio", broken)
