@@ -58,6 +58,10 @@ log = logging.getLogger("eartalk.render")
 # ---- tunables
 ROWS_PER_RENDER_BATCH = 4  # videos one render actor streams at once (its slots): keeps a device busy, bounds memory
 RENDER_ROWS_PER_SLOT = 4  # rows per actor call for each slot: a slot whose video ends takes the call's next row
+# Ray Data cuts an operator's output into a block once it passes this many bytes. Below one row's size, every
+# row the actor yields is a block of its own and goes on to the metrics and record stages at once; at Ray's
+# default (128 MiB) a call's rows would wait in one block until its last video ends.
+ROW_BLOCK_BYTES = 1
 # CPUs a render actor reserves. None: CPU actors share the cluster's CPUs that the CPU stages do not reserve
 # and run as many torch threads as leaves every core busy (actor_resources); GPU actors take GPU_ACTOR_CPUS.
 RENDER_CPUS_PER_ACTOR: float | None = None
@@ -389,6 +393,7 @@ def render_dataset(items: list[dict], config: RenderConfig, *, checkpoint: str, 
 
     actor_cpus, actor_threads = actor_resources(config, cluster_cpus, node_cpus)
     ds = ray.data.from_items(items)
+    ds.context.target_max_block_size = ROW_BLOCK_BYTES  # this dataset's own context (from_items copied it)
     # INPUT: manifest rows. OUTPUT: + aligned portrait / audio / controls bytes, status, error. 1:1.
     # CPU tasks: decode and face alignment are per-row CPU work that must not stall the generator actors.
     ds = ds.map(load_assets, fn_kwargs={"image_size": image_size, "options": options, "max_side": config.max_side,

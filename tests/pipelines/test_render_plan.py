@@ -1,16 +1,18 @@
-"""The render job's Ray Data plan: the asset stage stays its own CPU operator beside the render actors, and
-the CPU reservations of actors and stages add up to the cluster's cores."""
+"""The render job's Ray Data plan: the asset stage stays its own CPU operator beside the render actors, the
+CPU reservations of actors and stages add up to the cluster's cores, and each rendered row moves on alone."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 
 import storage
 from pipelines.render import (LOAD_CPUS, METRICS_CPUS, RECORD_ALONE_CPUS, RenderConfig, actor_resources,
                               render_dataset, run_render)
+from pipelines.stages import state_uri, video_uri
 from tests.pipelines.helpers import short_speech, write_jsonl
 
 
@@ -90,3 +92,22 @@ def test_a_render_job_executes_the_asset_stage_apart(ray_local, tmp_path, astron
     assert outcome.counts["ok"] == 1, outcome.results.to_dict("records")
     assert len(plans) == 1, plans
     assert "TaskPoolMapOperator[Map(load_assets)] -> ActorPoolMapOperator[MapBatches(RenderActor)]" in plans[0], plans[0]
+
+
+def test_a_rendered_row_is_recorded_while_its_calls_longer_row_still_renders(ray_local, tmp_path, astronaut_png,
+                                                                              speech_wav):
+    """Regression: the rows an actor call yielded stayed in one Ray Data block until the call ended, so the
+    state record of a 0.4 s row waited for the 10 s row rendered after it in the same call (one slot, shortest
+    first). Each yielded row is a block of its own now: its record is written before the long video is out."""
+    portrait = shutil.copy(astronaut_png, tmp_path)
+    short = short_speech(speech_wav, tmp_path / "short.wav", 0.4)
+    long = short_speech(speech_wav, tmp_path / "long.wav", 10.0)
+    manifest = write_jsonl(tmp_path / "manifest.jsonl", [{"id": "long", "portrait": str(portrait), "audio": str(long)},
+                                                         {"id": "short", "portrait": str(portrait), "audio": str(short)}])
+    out = str(tmp_path / "out")
+    outcome = run_render(RenderConfig(str(manifest), out, run_id="r", metrics=False, framing="crop",
+                                      rows_per_batch=1, tracking_uri=f"sqlite:///{tmp_path}/ml.db"))
+    assert outcome.counts["ok"] == 2, outcome.results.to_dict("records")
+    short_recorded = Path(state_uri(out, "r", "short")).stat().st_mtime
+    long_published = Path(video_uri(out, "r", "long")).stat().st_mtime
+    assert short_recorded < long_published, (short_recorded, long_published)
