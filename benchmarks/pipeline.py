@@ -1,6 +1,6 @@
 """Pipeline overhead: the render job's frames/s against the bare generator's, same CPUs, one run.
 
-    python benchmarks/pipeline.py [--clips 16] [--seconds 2] [--actors 1] [--checkpoint DIR]
+    python benchmarks/pipeline.py [--clips 16] [--seconds 2] [--actors 1] [--framing portrait] [--checkpoint DIR]
 
 Prints one JSON object:
 - pipeline_vs_bare: frames/s of the whole job (manifest read, asset loading, rendering, MP4 encode,
@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--actors", type=int, default=1, help="render actors (the job's default: 1)")
+    parser.add_argument("--framing", default="portrait", choices=["portrait", "crop"],
+                        help="the job's framing: portrait (the default: composited at the 1024 px max side) or crop")
     parser.add_argument("--checkpoint", default=None)
     args = parser.parse_args()
 
@@ -173,7 +175,7 @@ def main() -> None:
 
         def job(out: str, rows: Path = manifest, metrics: bool = False) -> RenderConfig:
             return RenderConfig(str(rows), str(d / out), checkpoint=checkpoint, metrics=metrics, actors=args.actors,
-                                tracking_uri=f"sqlite:///{d}/ml.db")
+                                framing=args.framing, tracking_uri=f"sqlite:///{d}/ml.db")
 
         actor_cpus, actor_threads = actor_resources(job("out"), cores)
         threads = args.actors * actor_threads  # the bare generator gets every render thread of the job
@@ -199,7 +201,7 @@ def main() -> None:
         total = sum(stages.values()) or 1.0
         print(json.dumps({
             "clips": args.clips, "seconds_per_clip": args.seconds, "checkpoint": checkpoint, "cores": cores,
-            "actors": args.actors, "actor_cpus": round(actor_cpus, 3), "actor_threads": actor_threads,
+            "actors": args.actors, "framing": args.framing, "actor_cpus": round(actor_cpus, 3), "actor_threads": actor_threads,
             "bare_threads": threads,
             "pipeline_frames_per_s": round(pipeline_fps, 2), "bare_frames_per_s": round(bare_fps, 2),
             "bare_frames_per_s_before_after": [round(bare_before, 2), round(bare_after, 2)],
