@@ -378,9 +378,10 @@ def actor_resources(config: RenderConfig, cluster_cpus: float, node_cpus: float 
         return GPU_ACTOR_CPUS, 1
     stages = LOAD_CPUS + (METRICS_CPUS if config.metrics else RECORD_ALONE_CPUS)
     share = max(MIN_ACTOR_CPUS, (cluster_cpus - stages) / config.actors)
+    threads = max(1, math.floor((cluster_cpus - (METRICS_CPUS if config.metrics else 0)) / config.actors))
     if node_cpus is not None:  # an actor lives on one node: a share beyond the largest node's would never start
         share = max(MIN_ACTOR_CPUS, min(share, node_cpus - LOAD_CPUS))
-    threads = max(1, math.floor((cluster_cpus - (METRICS_CPUS if config.metrics else 0)) / config.actors))
+        threads = min(threads, max(1, math.floor(node_cpus)))  # nor can it use more cores than that node has
     return share, threads
 
 

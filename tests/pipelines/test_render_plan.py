@@ -57,6 +57,10 @@ def test_actor_resources_leave_room_for_the_cpu_stages():
     cpus, threads = actor_resources(config(actors=2, metrics=False), 2.0)
     assert threads == 1 and 2 * cpus + LOAD_CPUS + RECORD_ALONE_CPUS == pytest.approx(2.0)
     assert actor_resources(config(actors=4, metrics=False), 16.0) == ((16.0 - 0.5) / 4, 4)
+    # an actor fits on one node: three 1-CPU nodes give it what one node leaves, and one thread
+    assert actor_resources(config(metrics=False), 3.0, node_cpus=1.0) == (1.0 - LOAD_CPUS, 1)
+    # a single node of 2 cores: the same as without the node's size
+    assert actor_resources(config(metrics=False), 2.0, node_cpus=2.0) == actor_resources(config(metrics=False), 2.0)
     # GPU actors and explicit reservations
     assert actor_resources(config(gpus_per_actor=1.0), 8.0) == (1.0, 1)
     assert actor_resources(config(cpus_per_actor=3.5), 8.0) == (3.5, 3)
