@@ -101,6 +101,9 @@ class GeneratorConfig:
     # a direct path from each frame's audio tokens to the latent change of its mouth and chin cells
     # (face_regions.MOUTH_REGION), added to the transformer head's: the shortest route from the sound to the jaw
     audio_mouth: bool = False
+    # at inference, frames whose `lip` control is absent take the speech's lip drive (speech_drive.py):
+    # the loudness pace the LayerNormed mels lack, through the control the puppet's mouth is scaled by
+    lip_from_speech: bool = False
     # ---- transformer
     d_model: int = 256  # token width
     n_layers: int = 5
@@ -128,7 +131,7 @@ class GeneratorConfig:
         for name in ("mel_hop_ms", "audio_context_ms", "mlp_ratio", "rope_base", "flow_noise_std"):
             check_number(name, getattr(self, name), positive=True)
         check_number("audio_lead_ms", self.audio_lead_ms)
-        for name in ("vae_lid_layer", "audio_level", "audio_mouth"):
+        for name in ("vae_lid_layer", "audio_level", "audio_mouth", "lip_from_speech"):
             check_bool(name, getattr(self, name))
         if self.head not in HEADS:
             raise ConfigError("head", f"{{head}} must be one of {', '.join(HEADS)}, got {_shown(self.head)}")
@@ -186,8 +189,9 @@ class GeneratorConfig:
 
 PRESETS: dict[str, GeneratorConfig] = {
     # CPU default: trains on 2 cores in under an hour; 5.7M parameters (23 MB of fp32 safetensors).
-    # With the decoder's lid layer and blink readout (frame_vae.py): the shipped checkpoint's architecture.
-    "tiny": GeneratorConfig(vae_lid_layer=True),
+    # With the decoder's lid layer and blink readout (frame_vae.py) and the speech's lip drive at
+    # inference: the shipped checkpoint's architecture.
+    "tiny": GeneratorConfig(vae_lid_layer=True, lip_from_speech=True),
     # Paper scale for GPUs: 256x256 frames, 16x16 latent grid of 256 tokens, ~330M parameters.
     "base": GeneratorConfig(
         image_size=256,

@@ -5,6 +5,7 @@ Pipeline per frame t (block b = t + 1; block 0 is the reference portrait, the at
     prev latent (frame t-1, or the portrait for t = 0) -> P frame tokens ┐
     audio around frame t                                 -> A audio tokens ├─ block (Pb = P + A + C tokens)
     controls of frame t (absent -> learned embedding)    -> C control tokens┘
+      (with `lip_from_speech`, an absent `lip` is the speech's lip drive instead: speech_drive.py)
     block -> SFA transformer (KV cache: sink blocks + ring of window blocks) -> hidden of the P frame tokens
           -> head -> latent delta (regressed, or sampled by the flow head); frame t latent = portrait latent + delta
           -> VAE decoder against the portrait (warp + paint, frame_vae.py) -> RGB frame
@@ -44,6 +45,7 @@ from .face_regions import region_cells
 from .flow_head import FlowHead, TokenNoise, draw_noise
 from .frame_vae import FrameVAE
 from .kv_cache import KVCache
+from .speech_drive import speech_lip_drive
 from .transformer import FrameTransformer
 
 
@@ -188,9 +190,22 @@ class Generator(nn.Module):
         for r in requests:
             wave = r.audio.to(self.device, torch.float32).flatten()[None]  # (1, N)
             audio.append(self.audio(wave, r.fps, num_frames)[0])
-            controls.append(stack_controls(r.controls, num_frames))
+            values = stack_controls(r.controls, num_frames)  # (F, C)
+            if self.config.lip_from_speech:
+                self.fill_lip_from_speech(values, r)
+            controls.append(values)
         control_values = torch.stack(controls).to(self.device, self.dtype)  # (B, F, C)
         return torch.stack(audio).to(self.dtype), self.controls(control_values)
+
+    def fill_lip_from_speech(self, values: torch.Tensor, request: RenderRequest) -> None:
+        """Set the (F, C) `values`' absent `lip` frames to the request's speech drive, in place: frames the
+        caller gave a `lip` value keep it."""
+        lip = values[:, CONTROL_NAMES.index("lip")]
+        absent = torch.isnan(lip)
+        if absent.any():
+            drive = speech_lip_drive(request.audio.detach().float().cpu().flatten().numpy(), request.fps,
+                                     len(lip), self.config.audio_lead_ms / 1000.0)
+            lip[absent] = torch.from_numpy(drive)[absent]
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

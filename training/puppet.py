@@ -33,7 +33,9 @@ import cv2
 import numpy as np
 
 from faces.gaze import GAZE_SHIFT
+from model import speech_drive
 from model.config import AUDIO_SAMPLE_RATE
+from model.speech_drive import frame_spectra, opening_drive
 
 PUPPET_CONTROLS = ("yaw", "pitch", "roll", "blink", "gaze_x", "gaze_y", "lip")
 
@@ -57,12 +59,12 @@ class PuppetConfig:
     nose_depth: float = 0.45  # nose-tip protrusion in front of the face ellipsoid, fraction of face width
     pivot_depth: float = 0.1  # head rotation centre behind the landmarks' mean depth, fraction of face width
     mouth_darkness: float = 0.85  # alpha of the painted inner-mouth colour
-    energy_floor_db: float = -45.0  # band energy below the clip's peak minus this is silence
-    # real mouths move 100-300 ms ahead of the voice (metrics/sync.py calibrates 120 ms on real video);
-    # the attack smoothing below delays the opening by about a frame, so the drive leads by 160 ms
+    energy_floor_db: float = speech_drive.FLOOR_DB  # band energy below the clip's peak minus this is silence
+    # real mouths move 100-300 ms ahead of the voice; the attack smoothing delays the opening by about a
+    # frame, so the drive leads by 160 ms (the generator's audio_lead_ms, which its lip drive reads at)
     mouth_lead_s: float = 0.16
-    attack: float = 0.7  # per-frame smoothing of the opening when it rises (1 = instant)
-    release: float = 0.45  # per-frame smoothing of the opening when it falls
+    attack: float = speech_drive.ATTACK  # per-frame smoothing of the opening when it rises (1 = instant)
+    release: float = speech_drive.RELEASE  # per-frame smoothing of the opening when it falls
     tps_regularisation: float = 1e-3  # thin-plate-spline smoothing (pixels^2)
     # commanded angles are in the units faces.head_pose measures on the output; the generic 3-D face
     # turns by command / gain (gains measured on the training portraits; pitch's sign differs)
@@ -122,7 +124,8 @@ def num_video_frames(num_samples: int, fps: float, sample_rate: int = AUDIO_SAMP
 
 def speech_mouth_track(audio: np.ndarray, fps: float, num_frames: int | None = None,
                        sample_rate: int = AUDIO_SAMPLE_RATE, config: PuppetConfig = PuppetConfig()) -> MouthTrack:
-    """Per-frame mouth opening and spread from speech: band energy (dB) and spectral centroid.
+    """Per-frame mouth opening and spread from speech: the speech's lip drive (model/speech_drive.py, the
+    one the generator reads when `lip_from_speech`) and the spectral centroid.
 
     Each video frame looks at a 40 ms Hann window centred `config.mouth_lead_s` after the frame's
     time, so frame f shows the sound heard at t = f / fps + mouth_lead_s.
@@ -130,24 +133,8 @@ def speech_mouth_track(audio: np.ndarray, fps: float, num_frames: int | None = N
     audio = np.asarray(audio, np.float32).reshape(-1)
     if num_frames is None:
         num_frames = num_video_frames(len(audio), fps, sample_rate)
-    window = int(0.04 * sample_rate)
-    lead = int(round(config.mouth_lead_s * sample_rate))
-    padded = np.pad(audio, (window // 2, window + lead))
-    starts = ((np.arange(num_frames) / fps + config.mouth_lead_s) * sample_rate).astype(np.int64)
-    frames = np.stack([padded[s:s + window] for s in starts]) * np.hanning(window)  # (F, window)
-    spectrum = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # (F, window/2+1)
-    freqs = np.fft.rfftfreq(window, 1.0 / sample_rate)
-    band = (freqs >= 300) & (freqs <= 3000)
-    energy_db = 10 * np.log10(spectrum[:, band].sum(axis=1) + 1e-10)
-    peak = np.percentile(energy_db, 95) if num_frames > 1 else energy_db.max()
-    raw_open = np.clip((energy_db - (peak + config.energy_floor_db)) / -config.energy_floor_db, 0.0, 1.0)
-    raw_open = raw_open ** 1.5  # quiet consonants barely open the mouth, vowels open it wide
-    opening = np.zeros(num_frames, np.float32)
-    level = 0.0
-    for f, target in enumerate(raw_open):
-        rate = config.attack if target > level else config.release
-        level += rate * (target - level)
-        opening[f] = level
+    spectrum, freqs = frame_spectra(audio, fps, num_frames, config.mouth_lead_s, sample_rate)
+    opening = opening_drive(spectrum, freqs, config.energy_floor_db, config.attack, config.release)
     voiced = freqs <= 5000
     centroid = (spectrum[:, voiced] * freqs[voiced]).sum(1) / (spectrum[:, voiced].sum(1) + 1e-10)
     spread = np.clip((centroid - 1500.0) / 1000.0, -1.0, 1.0) * (opening > 0.05)
