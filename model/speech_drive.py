@@ -25,25 +25,31 @@ FLOOR_DB = -45.0  # band energy this far under the loud frames counts as silence
 QUIETEST_PEAK_DB = -20.0
 ATTACK = 0.7  # per-frame smoothing while the opening rises (1 = instant)
 RELEASE = 0.45  # per-frame smoothing while it falls
+CHUNK_FRAMES = 4096  # frames whose spectra are held at once
 
 
 def frame_spectra(audio: np.ndarray, fps: float, num_frames: int, lead_s: float,
-                  sample_rate: int = AUDIO_SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
-    """(F, K) power spectra of the Hann windows heard `lead_s` after each frame, and their (K,) frequencies."""
+                  sample_rate: int = AUDIO_SAMPLE_RATE, first_frame: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(F, K) power spectra of the Hann windows heard `lead_s` after frames first_frame.. first_frame + F - 1,
+    and their (K,) frequencies."""
     audio = np.asarray(audio, np.float32).reshape(-1)
     window = int(WINDOW_S * sample_rate)
     lead = int(round(lead_s * sample_rate))
     padded = np.pad(audio, (window // 2, window + max(lead, 0)))
-    starts = ((np.arange(num_frames) / fps + lead_s) * sample_rate).astype(np.int64).clip(0, len(padded) - window)
+    starts = ((np.arange(first_frame, first_frame + num_frames) / fps + lead_s) * sample_rate).astype(np.int64).clip(0, len(padded) - window)
     frames = np.stack([padded[s:s + window] for s in starts]) * np.hanning(window)  # (F, window)
     return np.abs(np.fft.rfft(frames, axis=1)) ** 2, np.fft.rfftfreq(window, 1.0 / sample_rate)
 
 
-def opening_drive(power: np.ndarray, freqs: np.ndarray, floor_db: float = FLOOR_DB,
-                  attack: float = ATTACK, release: float = RELEASE) -> np.ndarray:
-    """(F, K) power spectra -> (F,) float32 opening in [0, 1]."""
+def band_energy_db(power: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    """(F, K) power spectra -> (F,) energy in BAND_HZ, dB."""
     band = (freqs >= BAND_HZ[0]) & (freqs <= BAND_HZ[1])
-    energy_db = 10 * np.log10(power[:, band].sum(axis=1) + 1e-10)
+    return 10 * np.log10(power[:, band].sum(axis=1) + 1e-10)
+
+
+def opening_drive(energy_db: np.ndarray, floor_db: float = FLOOR_DB,
+                  attack: float = ATTACK, release: float = RELEASE) -> np.ndarray:
+    """(F,) band energy in dB -> (F,) float32 opening in [0, 1]."""
     peak = max(float(np.percentile(energy_db, 95)), QUIETEST_PEAK_DB)
     target = np.clip((energy_db - (peak + floor_db)) / -floor_db, 0.0, 1.0) ** 1.5  # consonants barely open it
     opening = np.zeros(len(target), np.float32)
@@ -56,7 +62,15 @@ def opening_drive(power: np.ndarray, freqs: np.ndarray, floor_db: float = FLOOR_
 
 def speech_lip_drive(audio: np.ndarray, fps: float, num_frames: int, lead_s: float,
                      sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
-    """(F,) float32 drive in [0, 1] for `num_frames` frames at `fps` of mono `audio`."""
+    """(F,) float32 drive in [0, 1] for `num_frames` frames at `fps` of mono `audio`.
+
+    Spectra are taken CHUNK_FRAMES at a time: a whole episode's at once would hold about 10 kB per frame.
+    """
     if num_frames < 1:
         return np.zeros(0, np.float32)
-    return opening_drive(*frame_spectra(audio, fps, num_frames, lead_s, sample_rate))
+    energy = np.empty(num_frames)
+    for first in range(0, num_frames, CHUNK_FRAMES):
+        count = min(CHUNK_FRAMES, num_frames - first)
+        power, freqs = frame_spectra(audio, fps, count, lead_s, sample_rate, first_frame=first)
+        energy[first:first + count] = band_energy_db(power, freqs)
+    return opening_drive(energy)

@@ -35,7 +35,7 @@ import numpy as np
 from faces.gaze import GAZE_SHIFT
 from model import speech_drive
 from model.config import AUDIO_SAMPLE_RATE
-from model.speech_drive import frame_spectra, opening_drive
+from model.speech_drive import band_energy_db, frame_spectra, opening_drive
 
 PUPPET_CONTROLS = ("yaw", "pitch", "roll", "blink", "gaze_x", "gaze_y", "lip")
 
@@ -134,7 +134,7 @@ def speech_mouth_track(audio: np.ndarray, fps: float, num_frames: int | None = N
     if num_frames is None:
         num_frames = num_video_frames(len(audio), fps, sample_rate)
     spectrum, freqs = frame_spectra(audio, fps, num_frames, config.mouth_lead_s, sample_rate)
-    opening = opening_drive(spectrum, freqs, config.energy_floor_db, config.attack, config.release)
+    opening = opening_drive(band_energy_db(spectrum, freqs), config.energy_floor_db, config.attack, config.release)
     voiced = freqs <= 5000
     centroid = (spectrum[:, voiced] * freqs[voiced]).sum(1) / (spectrum[:, voiced].sum(1) + 1e-10)
     spread = np.clip((centroid - 1500.0) / 1000.0, -1.0, 1.0) * (opening > 0.05)
