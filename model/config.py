@@ -101,8 +101,8 @@ class GeneratorConfig:
     # a direct path from each frame's audio tokens to the latent change of its mouth and chin cells
     # (face_regions.MOUTH_REGION), added to the transformer head's: the shortest route from the sound to the jaw
     audio_mouth: bool = False
-    # at inference, frames whose `lip` control is absent take the speech's lip drive (speech_drive.py):
-    # the loudness pace the LayerNormed mels lack, through the control the puppet's mouth is scaled by
+    # at inference the `lip` token is the row's lip intensity (1 where absent) times the speech's lip drive
+    # (speech_drive.py): the loudness pace the LayerNormed mels lack, as the mouth opening to draw
     lip_from_speech: bool = False
     # ---- transformer
     d_model: int = 256  # token width

@@ -5,7 +5,7 @@ Pipeline per frame t (block b = t + 1; block 0 is the reference portrait, the at
     prev latent (frame t-1, or the portrait for t = 0) -> P frame tokens ┐
     audio around frame t                                 -> A audio tokens ├─ block (Pb = P + A + C tokens)
     controls of frame t (absent -> learned embedding)    -> C control tokens┘
-      (with `lip_from_speech`, an absent `lip` is the speech's lip drive instead: speech_drive.py)
+      (with `lip_from_speech`, `lip` is the row's intensity times the speech's lip drive: speech_drive.py)
     block -> SFA transformer (KV cache: sink blocks + ring of window blocks) -> hidden of the P frame tokens
           -> head -> latent delta (regressed, or sampled by the flow head); frame t latent = portrait latent + delta
           -> VAE decoder against the portrait (warp + paint, frame_vae.py) -> RGB frame
@@ -198,14 +198,13 @@ class Generator(nn.Module):
         return torch.stack(audio).to(self.dtype), self.controls(control_values)
 
     def fill_lip_from_speech(self, values: torch.Tensor, request: RenderRequest) -> None:
-        """Set the (F, C) `values`' absent `lip` frames to the request's speech drive, in place: frames the
-        caller gave a `lip` value keep it."""
+        """Turn the (F, C) `values`' `lip` column, in place, into the mouth opening to draw: the row's lip
+        intensity (1 where absent) times the request's speech lip drive, the opening the puppet draws."""
         lip = values[:, CONTROL_NAMES.index("lip")]
-        absent = torch.isnan(lip)
-        if absent.any():
-            drive = speech_lip_drive(request.audio.detach().float().cpu().flatten().numpy(), request.fps,
-                                     len(lip), self.config.audio_lead_ms / 1000.0)
-            lip[absent] = torch.from_numpy(drive)[absent]
+        drive = speech_lip_drive(request.audio.detach().float().cpu().flatten().numpy(), request.fps,
+                                 len(lip), self.config.audio_lead_ms / 1000.0)
+        intensity = torch.nan_to_num(lip, nan=1.0)
+        lip.copy_(intensity * torch.from_numpy(drive).to(lip.dtype))
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
