@@ -1,10 +1,14 @@
 """Does a checkpoint talk in time with speech it never heard? Every corpus clip's speech, spoken by an unseen
-portrait, with the speech's lip drive on and off, side by side in one run. Prints one JSON object.
+portrait, with the speech's lip drive on and off and by the training puppet, side by side in one run. Prints
+one JSON object.
 
     python benchmarks/talking_survey.py [--checkpoint DIR] [--portrait JPG] [--corpus DIR] [--seconds 10]
+                                        [--modes drive_on drive_off puppet]
 
-For each corpus clip (its first SECONDS of speech) the checkpoint renders the portrait speaking it, once as
-configured with `lip_from_speech` and once without; each video is measured as the acceptance harness measures
+For each corpus clip (its first SECONDS of speech) the portrait speaks it in each mode: drive_on, the
+checkpoint with `lip_from_speech`; drive_off, without it; puppet, the synthetic data set's teacher
+(training/puppet.py), whose mouth is the lip drive itself, so its figures bound what a checkpoint trained
+on it can reach through the drive. Each video is measured as the acceptance harness measures
 the held-out speakers (training/acceptance.py, `held_out_video_figures`): sync against its own speech and
 against MISMATCHED other clips' speech (looped or cut to length), and the mouth-opening spread during speech.
 - passed: videos whose offset is within 1 frame and whose confidence beats every mismatched speech's;
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -34,15 +39,18 @@ MEDIA = ROOT.parent / "shared" / "media"
 MISMATCHED = 3  # other clips' speech per video: the next ones in name order
 
 
-def survey(generator, portrait: np.ndarray, clips: list[dict], seconds: float) -> list[dict]:
-    from training.acceptance import FPS, held_out_video_figures
-    from training.rollout import render_frames
+MODES = ("drive_on", "drive_off", "puppet")
+
+
+def survey(render, clips: list[dict]) -> list[dict]:
+    """`render(audio) -> frames` speaking each clip's speech, measured against it and MISMATCHED others."""
+    from training.acceptance import held_out_video_figures
 
     rows = []
     for i, clip in enumerate(clips):
         audio = clip["audio"]
         others = [clips[(i + j) % len(clips)]["audio"] for j in range(1, MISMATCHED + 1)]
-        frames = render_frames(generator, portrait, audio, FPS)
+        frames = render(audio)
         figures = held_out_video_figures(frames, audio, others)
         rows.append({"speech": clip["name"], **{k: figures[k] for k in ("sync", "mismatched_confidence", "amplitude", "pass")}})
     return rows
@@ -64,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default=str(MEDIA / "corpus"))
     p.add_argument("--seconds", type=float, default=10.0, help="speech per clip (its first SECONDS)")
     p.add_argument("--held-out-only", action="store_true", help="only acceptance.HELD_OUT_SPEAKERS' clips")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--per-video", action="store_true", help="include every video's figures")
     args = p.parse_args(argv)
 
@@ -72,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     from faces import align_face
     from media import load_image
     from model import AUDIO_SAMPLE_RATE, load_checkpoint
-    from training.acceptance import HELD_OUT_SPEAKERS, held_out_clips, real_held_out_figures
+    from training.acceptance import FPS, HELD_OUT_SPEAKERS, held_out_clips, real_held_out_figures
+    from training.puppet import render_puppet_video
+    from training.rollout import render_frames
 
     torch.manual_seed(0)
     names = HELD_OUT_SPEAKERS if args.held_out_only else tuple(p.name for p in sorted(Path(args.corpus).glob("*.mp4")))
@@ -86,22 +97,26 @@ def main(argv: list[str] | None = None) -> int:
         clip["audio"] = clip["audio"][: int(round(keep / clip["fps"] * AUDIO_SAMPLE_RATE))]
     generator = load_checkpoint(args.checkpoint).eval()
     size = generator.config.image_size
-    portrait = np.ascontiguousarray(align_face(load_image(args.portrait), size).image)
+    aligned = align_face(load_image(args.portrait), size)
+    portrait = np.ascontiguousarray(aligned.image)
 
     started = time.monotonic()
     real = [r["amplitude"] for r in real_held_out_figures(clips, size) if r["amplitude"] is not None]
     real_amplitude = float(np.mean(real))
     out: dict = {"checkpoint": args.checkpoint, "portrait": Path(args.portrait).name, "clips": len(clips),
                  "seconds_per_clip": args.seconds, "real_mouth_amplitude": round(real_amplitude, 4)}
-    configured = generator.config.lip_from_speech
+    configured_config = generator.config
     per_video = {}
-    for mode, drive in (("drive_on", True), ("drive_off", False)):
-        generator.config = dataclasses.replace(generator.config, lip_from_speech=drive)
-        rows = survey(generator, portrait, clips, args.seconds)
-        out[mode] = summary(rows, real_amplitude)
-        per_video[mode] = rows
-    generator.config = dataclasses.replace(generator.config, lip_from_speech=configured)
-    out["checkpoint_lip_from_speech"] = configured
+    for mode in args.modes:
+        if mode == "puppet":
+            render = functools.partial(render_puppet_video, portrait, np.asarray(aligned.landmarks, np.float64), fps=FPS)
+        else:
+            generator.config = dataclasses.replace(configured_config, lip_from_speech=mode == "drive_on")
+            render = functools.partial(render_frames, generator, portrait, fps=FPS)
+        per_video[mode] = survey(render, clips)
+        out[mode] = summary(per_video[mode], real_amplitude)
+    generator.config = configured_config
+    out["checkpoint_lip_from_speech"] = configured_config.lip_from_speech
     out["seconds"] = round(time.monotonic() - started, 1)
     if args.per_video:
         out["per_video"] = per_video

@@ -10,8 +10,7 @@ deterministically: the same config and ingredients give byte-identical arrays. E
 - a window of real speech (five languages, codec2's Harvard sentences, flite's voices when installed)
   at a random gain;
 - control tracks: smooth head yaw/pitch/roll, blinks, gaze fixations and a lip intensity, which the
-  puppet follows and which become the clip's FCIC labels (blink as the eye openness drawn, lip as the
-  mouth opening drawn: the intensity times the speech's lip drive, per frame).
+  puppet follows and which become the clip's FCIC labels.
 
 HELD OUT, for the acceptance measurement, never in any clip: the portrait `biden.jpg` and the speech
 clip `english.wav` (SyntheticConfig.held_out_*).
@@ -32,7 +31,7 @@ from faces import eye_openness
 from model.config import AUDIO_SAMPLE_RATE
 from training import ingredients
 from training.ingredients import AlignedPortrait, SpeechClip
-from training.puppet import PUPPET_CONTROLS, ControlTracks, Puppet, PuppetConfig, speech_mouth_track
+from training.puppet import PUPPET_CONTROLS, ControlTracks, Puppet, PuppetConfig
 from training.shards import Clip, write_manifest, write_shard
 
 log = logging.getLogger(__name__)
@@ -267,9 +266,6 @@ def make_clip(index: int, portraits: list[AlignedPortrait], speech: list[SpeechC
     # blink is labelled in faces.eye_openness units (the control's unit), measured on the landmarks the
     # puppet placed, so 1 means an open eye whatever the portrait's own eyes look like
     controls.blink = np.array([eye_openness(f.landmarks) for f in rendered], np.float32)
-    # lip is labelled per frame as the opening the puppet drew (the clip's intensity times the speech's lip
-    # drive): the token the generator builds at inference from a row's intensity and its speech
-    controls.lip = (controls.lip * speech_mouth_track(audio, config.fps, config.clip_frames, config=config.puppet).opening).astype(np.float32)
     # the clip's reference (identity) frame is the augmented portrait itself: the puppet at rest
     labels = np.stack([controls.as_dict()[name] for name in PUPPET_CONTROLS], axis=1)  # (F, K)
     info = {"index": index, "portrait": portrait.name, "speech": source.name, "speech_offset": offset,

@@ -43,22 +43,6 @@ def test_clips_have_the_documented_shapes_and_label_ranges(built):
     assert np.abs(clip.audio).max() > 0.01, "a clip carries real speech, not silence"
 
 
-def test_lip_is_labelled_as_the_opening_the_generator_reads_from_the_speech(built):
-    """A clip's lip label is its intensity times the speech's lip drive, per frame: the token the generator
-    builds at inference from a row's intensity and its speech (Generator.fill_lip_from_speech)."""
-    from model.speech_drive import speech_lip_drive
-
-    config, ds, _ = built
-    for i in range(len(ds)):
-        clip = ds[i]
-        lip = clip.controls[:, ds.controls.index("lip")]
-        drive = speech_lip_drive(clip.audio, config.fps, len(lip), config.puppet.mouth_lead_s)
-        assert drive.max() > 0.5, "the clip's speech opens the mouth"
-        intensity = lip[drive > 0.5] / drive[drive > 0.5]
-        assert 0.55 <= intensity.min() and np.allclose(intensity, intensity[0], atol=1e-5), "one intensity per clip"
-        np.testing.assert_allclose(lip, intensity[0] * drive, atol=1e-5)
-
-
 def test_held_out_portrait_and_speech_never_enter_the_data_set(built):
     _, ds, _ = built
     source = ds.manifest["source"]
