@@ -162,10 +162,10 @@ def test_the_blink_readout_loss_needs_the_lid_layer_and_skips_unknown_labels():
     out = vae_loss(g.vae, losses, frames, frames, blink)
     with torch.no_grad():
         expected = (g.vae.read_blink(g.vae.encode(frames))[[0, 1, 3]] - blink[[0, 1, 3]]).pow(2).mean()
-    assert torch.isfinite(out["total"]) and float(out["blink_mse"]) == pytest.approx(float(expected), rel=1e-5)
+    assert torch.isfinite(out["total"]) and out["blink_mse"].item() == pytest.approx(float(expected), rel=1e-5)
     torch.manual_seed(0)
     without = vae_loss(g.vae, losses, frames, frames)  # no labels (or weight 0): the reconstruction terms only
     assert "blink_mse" not in without
-    assert float(out["total"] - without["total"]) == pytest.approx(float(out["blink_mse"]), rel=1e-4)
+    assert (out["total"] - without["total"]).item() == pytest.approx(out["blink_mse"].item(), rel=1e-4)
     with pytest.raises(ConfigError, match="vae_blink_weight trains the lid layer's readout, which preset base lacks"):
         losses.check_fits(get_preset("base"), "preset base")
