@@ -1,13 +1,16 @@
 """Pipeline overhead: the render job's frames/s against the bare generator's, same CPUs, one run.
 
-    python benchmarks/pipeline.py [--clips 16] [--seconds 2] [--actors 1] [--framing portrait] [--checkpoint DIR]
+    python benchmarks/pipeline.py [--clips 32] [--seconds 4] [--actors N] [--framing portrait] [--checkpoint DIR]
 
 Prints one JSON object:
-- pipeline_vs_bare: frames/s of the whole job (manifest read, asset loading, rendering, MP4 encode,
-  publish, results; metrics off) over frames/s of `Generator.stream` alone on the same inputs and batch
-  size, with the bare generator on as many threads as all render actors together (the job's default
-  resources on this machine's cores, pipelines.render.actor_resources), measured before and after the
+- pipeline_vs_bare: frames/s of the whole job (checkpoint check, manifest read, actor start, asset loading,
+  rendering, MP4 encode, publish, results; metrics off) over frames/s of `Generator.stream` alone in one
+  process on the same inputs and batch size, on as many threads as all render actors together (the job's
+  default layout on this machine's cores, pipelines.render.actor_layout), measured before and after the
   pipeline and the faster one kept (the ratio errs low on a shared machine; goal >= 0.90);
+- pipeline_vs_bare_processes: the same job over the bare generator laid out as the job's actors are (one
+  process per actor, each on its actor's threads, all at once): what the job's own stages and fixed costs
+  take, apart from the gain of its layout;
 - cpu_utilisation: the share of the cores busy during the timed job, from the CPU time of the job's own
   processes (the driver and every Ray process under it, sampled with psutil; goal >= 0.85), and
   machine_cpu_utilisation, every process's (/proc/stat: on a shared machine it counts the others too);
@@ -75,6 +78,21 @@ def bare_frames_per_s(checkpoint: str, manifest: Path, batch: int, threads: int)
             tensor_to_images(step)  # the actor's conversion, so the bare loop does the same work
             frames += len(chunk)
     return frames / (time.perf_counter() - start)
+
+
+def bare_processes_frames_per_s(checkpoint: str, manifest: Path, batch: int, processes: int, threads: int) -> float:
+    """Frames/s of `processes` bare generators at once, each on its share of the manifest's rows."""
+    rows = manifest.read_text().splitlines(keepends=True)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from pipeline import bare_frames_per_s;"
+            " print(bare_frames_per_s(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])))")
+    parts = []
+    for i in range(processes):
+        part = manifest.with_name(f"bare-part{i}.jsonl")
+        part.write_text("".join(rows[i::processes]))
+        parts.append(subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), checkpoint, str(part),
+                                       str(batch), str(threads)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      text=True))
+    return sum(float(p.communicate()[0].strip().splitlines()[-1]) for p in parts)
 
 
 def machine_busy_ticks() -> tuple[int, int]:
@@ -152,9 +170,11 @@ class PlanLog(logging.Handler):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--clips", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--actors", type=int, default=1, help="render actors (the job's default: 1)")
+    # 128 s of video: long enough that the job's fixed start (checkpoint check, actor start: 10-15 s on 2 cores)
+    # is not most of it, as it is not in a real manifest of hours
+    parser.add_argument("--clips", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--actors", type=int, default=None, help="render actors (default: the job's, actor_layout)")
     parser.add_argument("--framing", default="portrait", choices=["portrait", "crop"],
                         help="the job's framing: portrait (the default: composited at the 1024 px max side) or crop")
     parser.add_argument("--checkpoint", default=None)
@@ -163,7 +183,7 @@ def main() -> None:
     import ray
 
     from model import DEFAULT_CHECKPOINT, Generator, get_preset, save_checkpoint
-    from pipelines.render import ROWS_PER_RENDER_BATCH, RenderConfig, actor_resources, run_render
+    from pipelines.render import ROWS_PER_RENDER_BATCH, RenderConfig, actor_layout, run_render
 
     cores = os.cpu_count() or 1
 
@@ -177,19 +197,21 @@ def main() -> None:
             return RenderConfig(str(rows), str(d / out), checkpoint=checkpoint, metrics=metrics, actors=args.actors,
                                 framing=args.framing, tracking_uri=f"sqlite:///{d}/ml.db")
 
-        actor_cpus, actor_threads = actor_resources(job("out"), cores)
-        threads = args.actors * actor_threads  # the bare generator gets every render thread of the job
+        layout = actor_layout(job("out"), cores, rows=args.clips)
+        threads = layout.actors * layout.threads  # the bare generator gets every render thread of the job
         # the machine is shared: measure the bare generator before and after the pipeline, keep the faster
         bare_before = bare_frames_per_s(checkpoint, manifest, ROWS_PER_RENDER_BATCH, threads=threads)
+        bare_processes = bare_processes_frames_per_s(checkpoint, manifest, ROWS_PER_RENDER_BATCH, layout.actors,
+                                                     layout.threads)
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
-        run_render(job("warmup"))
+        few = d / "few.jsonl"
+        few.write_text("".join(manifest.read_text().splitlines(keepends=True)[:4]))
+        run_render(job("warmup", few))  # starts Ray's worker processes: the timed job's actors start as a job's do
         plans = PlanLog()  # the executor's own logger: Ray Data replaces the handlers of "ray.data"
         logging.getLogger("ray.data._internal.execution.streaming_executor").addHandler(plans)
         with CpuSampler() as cpu:
             outcome = run_render(job("out"))
         pipeline_fps = outcome.frames / outcome.wall_s
-        few = d / "few.jsonl"
-        few.write_text("".join(manifest.read_text().splitlines(keepends=True)[:4]))
         measured = run_render(job("measured", few, metrics=True))
         ray.shutdown()
         bare_after = bare_frames_per_s(checkpoint, manifest, ROWS_PER_RENDER_BATCH, threads=threads)
@@ -201,11 +223,13 @@ def main() -> None:
         total = sum(stages.values()) or 1.0
         print(json.dumps({
             "clips": args.clips, "seconds_per_clip": args.seconds, "checkpoint": checkpoint, "cores": cores,
-            "actors": args.actors, "framing": args.framing, "actor_cpus": round(actor_cpus, 3), "actor_threads": actor_threads,
-            "bare_threads": threads,
+            "actors": layout.actors, "framing": args.framing, "actor_cpus": round(layout.cpus, 3),
+            "actor_threads": layout.threads, "rows_per_call": layout.rows_per_call, "bare_threads": threads,
             "pipeline_frames_per_s": round(pipeline_fps, 2), "bare_frames_per_s": round(bare_fps, 2),
             "bare_frames_per_s_before_after": [round(bare_before, 2), round(bare_after, 2)],
             "pipeline_vs_bare": round(pipeline_fps / bare_fps, 3),
+            "bare_processes_frames_per_s": round(bare_processes, 2),
+            "pipeline_vs_bare_processes": round(pipeline_fps / bare_processes, 3),
             "cpu_utilisation": round(cpu.utilisation(cores), 3),
             "machine_cpu_utilisation": round(cpu.machine, 3),
             "ray_data_plan": plans.plans[0] if plans.plans else None,

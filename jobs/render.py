@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output URI: videos/, state/ and results/ are written under it")
     p.add_argument("--run-id", help="run id; reuse one to resume (rows already published are skipped)")
     p.add_argument("--checkpoint", help="checkpoint folder URI (model.safetensors + config.json); default: the shipped tiny one")
-    p.add_argument("--actors", type=int, default=1, help="generator actors (default 1)")
+    p.add_argument("--actors", type=int, help="generator actors (default: one per core for CPU actors, less a core "
+                                              "for the metrics, and no more than the rows need; one GPU actor)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0 = CPU actors)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.add_argument("--max-failed-fraction", type=float, default=0.0,
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(problem)
         print(f"eartalk render: manifest={config.manifest_uri} output={config.output_uri} "
               f"run_id={config.run_id or '(new)'} checkpoint={config.checkpoint or '(shipped default)'} "
-              f"actors={config.actors} gpus_per_actor={config.gpus_per_actor}", flush=True)
+              f"actors={config.actors or 'auto'} gpus_per_actor={config.gpus_per_actor}", flush=True)
         outcome = run_render(config)
     except ConfigError as e:  # a checkpoint refused by its check included (pipelines.render.checkpoint_facts)
         print(f"eartalk render: error: {e}", file=sys.stderr)

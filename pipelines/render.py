@@ -58,12 +58,15 @@ log = logging.getLogger("eartalk.render")
 # ---- tunables
 ROWS_PER_RENDER_BATCH = 4  # videos one render actor streams at once (its slots): keeps a device busy, bounds memory
 RENDER_ROWS_PER_SLOT = 4  # rows per actor call for each slot: a slot whose video ends takes the call's next row
+# a small job's rows are cut into at least this many calls per actor: a call starts once all its rows are
+# loaded, and when one actor's last call ends, the others' last calls are what remains of the job
+MIN_CALLS_PER_ACTOR = 2
 # Ray Data cuts an operator's output into a block once it passes this many bytes. Below one row's size, every
 # row the actor yields is a block of its own and goes on to the metrics and record stages at once; at Ray's
 # default (128 MiB) a call's rows would wait in one block until its last video ends.
 ROW_BLOCK_BYTES = 1
 # CPUs a render actor reserves. None: CPU actors share the cluster's CPUs that the CPU stages do not reserve
-# and run as many torch threads as leaves every core busy (actor_resources); GPU actors take GPU_ACTOR_CPUS.
+# and run the rendering cores over the actors as torch threads (actor_layout); GPU actors take GPU_ACTOR_CPUS.
 RENDER_CPUS_PER_ACTOR: float | None = None
 GPU_ACTOR_CPUS = 1.0  # beside the device: frame conversion, compositing and the MP4 encode
 MIN_ACTOR_CPUS = 0.1  # the smallest reservation of a CPU actor when the stages leave less per actor
@@ -146,7 +149,7 @@ class RenderConfig:
     output_uri: str
     run_id: str | None = None  # default: a new id; reuse one to resume
     checkpoint: str | None = None  # default: the shipped tiny checkpoint
-    actors: int = 1
+    actors: int | None = None  # None: one per core for CPU actors, one for GPU actors (actor_layout)
     gpus_per_actor: float = 0.0
     tracking_uri: str | None = None  # MLflow; default: sqlite:///mlflow.db
     max_failed_fraction: float = 0.0
@@ -154,7 +157,7 @@ class RenderConfig:
     metrics: bool = True
     experiment: str = EXPERIMENT
     rows_per_batch: int = ROWS_PER_RENDER_BATCH
-    cpus_per_actor: float | None = RENDER_CPUS_PER_ACTOR  # None: actor_resources decides
+    cpus_per_actor: float | None = RENDER_CPUS_PER_ACTOR  # None: actor_layout decides
     mlflow_tags: dict[str, str] = field(default_factory=dict)
     # input policy (pipelines/inputs.py): roots besides the manifest's folder, schemes besides local and s3
     allowed_roots: tuple[str, ...] = ()
@@ -176,8 +179,9 @@ class RenderConfig:
             # it names state/<run_id>/ and results/<run_id>.parquet: a separator or '..' would leave --output
             raise ConfigError(f"--run-id {self.run_id!r}: use letters, digits, '.', '_', '-' only (no path "
                               "separators or '..'), starting with a letter or digit, at most 128 characters")
-        if self.actors < 1:
-            raise ConfigError("--actors must be >= 1")
+        if self.actors is not None and (isinstance(self.actors, bool) or not isinstance(self.actors, int)
+                                        or self.actors < 1):
+            raise ConfigError(f"--actors must be an integer >= 1, got {self.actors!r}")
         if self.gpus_per_actor < 0:
             raise ConfigError("--gpus-per-actor must be >= 0")
         if self.cpus_per_actor is not None and not self.cpus_per_actor > 0:
@@ -361,38 +365,75 @@ def previous_results(rows, config: RenderConfig, run_id: str, options) -> dict[s
     return published_results(config.output_uri, run_id, [r.id for r in rows], options)
 
 
-def actor_resources(config: RenderConfig, cluster_cpus: float, node_cpus: float | None = None) -> tuple[float, int]:
-    """(CPUs each render actor reserves, torch threads it runs).
+@dataclass(frozen=True)
+class ActorLayout:
+    """How a job's rendering is laid out over the cluster: its actors, what each reserves and runs, and how many
+    rows each actor call takes."""
 
-    An explicit `cpus_per_actor` is taken as it is, with Ray's own thread count (its floor, at least 1).
-    Otherwise GPU actors reserve GPU_ACTOR_CPUS and one thread. CPU actors reserve an equal share of the CPUs
+    actors: int
+    cpus: float  # each actor's CPU reservation
+    threads: int  # each actor's torch threads
+    rows_per_call: int  # rows Ray Data hands an actor at once (its slots take them in turn)
+
+
+def actor_layout(config: RenderConfig, cluster_cpus: float, node_cpus: float | None = None,
+                 rows: int | None = None) -> ActorLayout:
+    """The render actors of a job of `rows` rows (None: unknown, as many as the cores allow) on a cluster.
+
+    Actors: `config.actors` when given. Otherwise GPU actors start one (more: --actors). CPU actors start one
+    per core that rendering gets (the cores less one for the metrics when they run), and no more than the
+    rows fill calls of `rows_per_batch`: for a small model, processes that each step their own slots on one
+    thread render more frames per core than one process whose step is split over threads, because each step's
+    Python and small operators run on one core (benchmarks/pipeline.py: two 1-thread processes on 2 cores
+    31 frames/s against 25 for one 2-thread process).
+
+    Reservations: an explicit `cpus_per_actor` is taken as it is, with Ray's own thread count (its floor, at
+    least 1). GPU actors reserve GPU_ACTOR_CPUS and one thread. CPU actors reserve an equal share of the CPUs
     the CPU stages leave (LOAD_CPUS, plus METRICS_CPUS or RECORD_ALONE_CPUS): Ray schedules fractions, so
-    the asset and record tasks always find room beside the actors. Their threads are the cores over the actors,
-    less a core for the metrics when they run: on 2 cores without metrics one actor reserves
-    2 - 0.25 - 0.25 = 1.5 CPUs and runs 2 threads, so rendering keeps both cores busy while the small CPU
-    stages take the moments between frame steps; with metrics it runs 1 thread and the metrics take the other.
+    the asset and record tasks always find room beside the actors, and the small CPU stages take the moments
+    between frame steps. Their threads are the rendering cores over the actors.
+
+    Rows per call: a call holds up to `rows_per_batch x RENDER_ROWS_PER_SLOT` rows (its slots refill from
+    them), fewer in a small job, so that each actor gets MIN_CALLS_PER_ACTOR calls (never under one row per
+    slot).
     """
-    if config.cpus_per_actor is not None:
-        return config.cpus_per_actor, max(1, math.floor(config.cpus_per_actor))
-    if config.gpus_per_actor:
-        return GPU_ACTOR_CPUS, 1
+    slots = config.rows_per_batch
+    render_cores = max(1.0, cluster_cpus - (METRICS_CPUS if config.metrics else 0))
     stages = LOAD_CPUS + (METRICS_CPUS if config.metrics else RECORD_ALONE_CPUS)
-    share = max(MIN_ACTOR_CPUS, (cluster_cpus - stages) / config.actors)
-    threads = max(1, math.floor((cluster_cpus - (METRICS_CPUS if config.metrics else 0)) / config.actors))
-    if node_cpus is not None:  # an actor lives on one node: a share beyond the largest node's would never start
-        share = max(MIN_ACTOR_CPUS, min(share, node_cpus - LOAD_CPUS))
-        threads = min(threads, max(1, math.floor(node_cpus)))  # nor can it use more cores than that node has
-    return share, threads
+    if config.actors is not None:
+        actors = config.actors
+    elif config.gpus_per_actor:
+        actors = 1
+    else:
+        actors = max(1, math.floor(render_cores))
+        if config.cpus_per_actor is not None:  # as many as the reservations fit, at their threads each
+            fit = math.floor((cluster_cpus - stages) / config.cpus_per_actor)
+            actors = max(1, min(fit, math.floor(render_cores / max(1, math.floor(config.cpus_per_actor)))))
+        if rows is not None:
+            actors = max(1, min(actors, math.ceil(rows / slots)))
+    if config.cpus_per_actor is not None:
+        cpus, threads = config.cpus_per_actor, max(1, math.floor(config.cpus_per_actor))
+    elif config.gpus_per_actor:
+        cpus, threads = GPU_ACTOR_CPUS, 1
+    else:
+        cpus = max(MIN_ACTOR_CPUS, (cluster_cpus - stages) / actors)
+        threads = max(1, math.floor(render_cores / actors))
+        if node_cpus is not None:  # an actor lives on one node: a share beyond the largest node's would never start
+            cpus = max(MIN_ACTOR_CPUS, min(cpus, node_cpus - LOAD_CPUS))
+            threads = min(threads, max(1, math.floor(node_cpus)))  # nor can it use more cores than that node has
+    rows_per_call = slots * RENDER_ROWS_PER_SLOT
+    if rows is not None:
+        rows_per_call = max(slots, min(rows_per_call, math.ceil(rows / (actors * MIN_CALLS_PER_ACTOR))))
+    return ActorLayout(actors, cpus, threads, rows_per_call)
 
 
-def render_dataset(items: list[dict], config: RenderConfig, *, checkpoint: str, run_id: str,
-                   options: storage.StorageOptions, image_size: int, cluster_cpus: float,
-                   lease_holder: str | None = None, node_cpus: float | None = None):
-    """The render job's Ray Data plan over `items` (manifest rows as dicts), not yet executed. With
-    `lease_holder` (the driver's DriverLease), the actors publish only while that lease is renewed."""
+def render_dataset(items: list[dict], config: RenderConfig, layout: ActorLayout, *, checkpoint: str, run_id: str,
+                   options: storage.StorageOptions, image_size: int, lease_holder: str | None = None):
+    """The render job's Ray Data plan over `items` (manifest rows as dicts) with the actors of `layout`, not
+    yet executed. With `lease_holder` (the driver's DriverLease), the actors publish only while that lease is
+    renewed."""
     import ray
 
-    actor_cpus, actor_threads = actor_resources(config, cluster_cpus, node_cpus)
     ds = ray.data.from_items(items)
     ds.context.target_max_block_size = ROW_BLOCK_BYTES  # this dataset's own context (from_items copied it)
     # INPUT: manifest rows. OUTPUT: + aligned portrait / audio / controls bytes, status, error. 1:1.
@@ -413,11 +454,13 @@ def render_dataset(items: list[dict], config: RenderConfig, *, checkpoint: str, 
         fn_constructor_kwargs={"checkpoint_uri": checkpoint, "output_uri": config.output_uri, "run_id": run_id,
                                "options": options, "lease_holder": lease_holder,
                                "slots": config.rows_per_batch},
-        batch_size=config.rows_per_batch * RENDER_ROWS_PER_SLOT, batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=config.actors),
+        batch_size=layout.rows_per_call, batch_format="pandas",
+        # one call in flight per actor: a call is many seconds of frames, so a second one queued on the first
+        # actor to start would wait there while another actor idles
+        compute=ray.data.ActorPoolStrategy(size=layout.actors, max_tasks_in_flight_per_actor=1),
         num_gpus=config.gpus_per_actor or None,
-        num_cpus=actor_cpus,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(actor_threads)}},
+        num_cpus=layout.cpus,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(layout.threads)}},
     )
     if config.metrics:
         # INPUT: result rows. OUTPUT: + metric columns. CPU tasks; reads each published MP4 back.
@@ -459,6 +502,7 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
 
     stage_s: dict[str, float] = {}
     rendered: list[dict] = []
+    layout: ActorLayout | None = None  # none when nothing is left to render
     if todo and stop.signum is None:
         if not ray.is_initialized():
             ray.init(log_to_driver=False)
@@ -468,10 +512,12 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
                   "framing": r.framing or config.framing} for r in todo]
         # held while the actors may publish: an actor whose driver stops renewing it (killed) uploads nothing more
         lease = DriverLease(config.output_uri, run_id, options)
-        ds = render_dataset(items, config, checkpoint=checkpoint, run_id=run_id, options=options,
-                            image_size=model_config.image_size, cluster_cpus=ray.cluster_resources().get("CPU", 1.0),
-                            lease_holder=lease.holder,
-                            node_cpus=max(n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]))
+        layout = actor_layout(config, ray.cluster_resources().get("CPU", 1.0), rows=len(items),
+                              node_cpus=max(n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]))
+        log.info("%d render actors, each %.2f CPUs and %d torch threads, %d rows a call", layout.actors,
+                 layout.cpus, layout.threads, layout.rows_per_call)
+        ds = render_dataset(items, config, layout, checkpoint=checkpoint, run_id=run_id, options=options,
+                            image_size=model_config.image_size, lease_holder=lease.holder)
         t0 = time.perf_counter()
         with lease:
             rows_out = iter(ds.iter_rows())  # a generator: close() below stops the pipeline
@@ -558,7 +604,7 @@ def render_job(config: RenderConfig, stop: StopSignals) -> RenderOutcome:
     if stop.signum is not None:
         exit_code = 128 + stop.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     mlflow_run_id = log_to_mlflow(config, run_id, checkpoint, model_config, model_version, results, results_uri, counts,
-                                  frames, wall_s, stage_s, stop.name, store_error)
+                                  frames, wall_s, stage_s, layout, stop.name, store_error)
     return RenderOutcome(run_id, results_uri, counts, frames, wall_s, exit_code, mlflow_run_id, results, stage_s,
                          stop.name, store_error)
 
@@ -726,7 +772,7 @@ class storage_local_checkpoint:
 
 def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_config: CheckedConfig, model_version: str,
                   results: pd.DataFrame, results_uri: str, counts: dict, frames: int, wall_s: float, stage_s: dict,
-                  interrupted: str | None = None, store_error: str | None = None) -> str | None:
+                  layout: ActorLayout | None, interrupted: str | None = None, store_error: str | None = None) -> str | None:
     """One MLflow run per job, from the driver only; a job a stop signal ended early ends KILLED."""
     import mlflow
 
@@ -741,7 +787,8 @@ def log_to_mlflow(config: RenderConfig, run_id: str, checkpoint: str, model_conf
     # the experiment goes to start_run, not set_experiment, so no experiment stays active in the process
     with mlflow.start_run(experiment_id=experiment, run_name=run_id) as run:
         mlflow.log_params({"manifest_uri": config.manifest_uri, "checkpoint": checkpoint, "config_hash": config_hash,
-                           "code_version": code_version(), "actors": config.actors,
+                           "code_version": code_version(), "actors": layout.actors if layout else "none",
+                           "torch_threads_per_actor": layout.threads if layout else "none",
                            "gpus_per_actor": config.gpus_per_actor, "max_failed_fraction": config.max_failed_fraction,
                            "framing": config.framing, "max_side": config.max_side,
                            "max_seconds": config.max_seconds or "off"})

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import storage
-from pipelines.render import (LOAD_CPUS, METRICS_CPUS, RECORD_ALONE_CPUS, RenderConfig, actor_resources,
-                              render_dataset, run_render)
+from pipelines.render import (LOAD_CPUS, METRICS_CPUS, RECORD_ALONE_CPUS, RENDER_ROWS_PER_SLOT, RenderConfig,
+                              actor_layout, render_dataset, run_render)
 from pipelines.stages import state_uri, video_uri
 from tests.pipelines.helpers import short_speech, write_jsonl
 
@@ -26,8 +26,8 @@ def optimized_operators(ds, capsys) -> list[str]:
 
 
 def plan_for(config: RenderConfig, cluster_cpus: float = 2.0):
-    return render_dataset([{"row": 0}], config, checkpoint="unused", run_id="r", options=storage.StorageOptions(),
-                          image_size=128, cluster_cpus=cluster_cpus)
+    return render_dataset([{"row": 0}], config, actor_layout(config, cluster_cpus, rows=1), checkpoint="unused",
+                          run_id="r", options=storage.StorageOptions(), image_size=128)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -44,27 +44,41 @@ def test_asset_stage_is_not_fused_into_the_render_actor(ray_local, tmp_path, cap
     assert "TaskPoolMapOperator[Map(load_assets)]" in operators, operators
 
 
-def test_actor_resources_leave_room_for_the_cpu_stages():
-    def config(**kw):
-        return RenderConfig("m.jsonl", "out", **kw)
+def test_cpu_actors_reserve_what_the_cpu_stages_leave_and_share_the_cores():
+    def layout(cluster_cpus, node_cpus=None, rows=None, **kw):
+        got = actor_layout(RenderConfig("m.jsonl", "out", **kw), cluster_cpus, node_cpus, rows)
+        return got.actors, got.cpus, got.threads
 
-    # 2 cores, no metrics: one actor renders on both cores and reserves what the asset and record tasks leave
-    assert actor_resources(config(metrics=False), 2.0) == (2.0 - LOAD_CPUS - RECORD_ALONE_CPUS, 2)
-    # with metrics a core goes to measuring: one render thread
-    cpus, threads = actor_resources(config(), 2.0)
-    assert threads == 1 and cpus + LOAD_CPUS + METRICS_CPUS == pytest.approx(2.0)
-    # actors share the cores
-    cpus, threads = actor_resources(config(actors=2, metrics=False), 2.0)
-    assert threads == 1 and 2 * cpus + LOAD_CPUS + RECORD_ALONE_CPUS == pytest.approx(2.0)
-    assert actor_resources(config(actors=4, metrics=False), 16.0) == ((16.0 - 0.5) / 4, 4)
+    # 2 cores, no metrics: one 1-thread actor per core, reserving what the asset and record tasks leave
+    actors, cpus, threads = layout(2.0, metrics=False)
+    assert (actors, threads) == (2, 1) and 2 * cpus + LOAD_CPUS + RECORD_ALONE_CPUS == pytest.approx(2.0)
+    # with metrics a core goes to measuring: one actor, one thread
+    actors, cpus, threads = layout(2.0)
+    assert (actors, threads) == (1, 1) and cpus + LOAD_CPUS + METRICS_CPUS == pytest.approx(2.0)
+    assert layout(16.0, metrics=False) == (16, (16.0 - 0.5) / 16, 1)
+    # an explicit count shares the cores out as threads
+    assert layout(2.0, actors=1, metrics=False) == (1, 2.0 - LOAD_CPUS - RECORD_ALONE_CPUS, 2)
+    assert layout(16.0, actors=4, metrics=False) == (4, (16.0 - 0.5) / 4, 4)
     # an actor fits on one node: three 1-CPU nodes give it what one node leaves, and one thread
-    assert actor_resources(config(metrics=False), 3.0, node_cpus=1.0) == (1.0 - LOAD_CPUS, 1)
-    # a single node of 2 cores: the same as without the node's size
-    assert actor_resources(config(metrics=False), 2.0, node_cpus=2.0) == actor_resources(config(metrics=False), 2.0)
+    assert layout(3.0, node_cpus=1.0, actors=1, metrics=False) == (1, 1.0 - LOAD_CPUS, 1)
+    assert layout(2.0, node_cpus=2.0, metrics=False) == layout(2.0, metrics=False)
     # GPU actors and explicit reservations
-    assert actor_resources(config(gpus_per_actor=1.0), 8.0) == (1.0, 1)
-    assert actor_resources(config(cpus_per_actor=3.5), 8.0) == (3.5, 3)
-    assert actor_resources(config(cpus_per_actor=0.5), 8.0) == (0.5, 1)
+    assert layout(8.0, gpus_per_actor=1.0) == (1, 1.0, 1)
+    assert layout(8.0, cpus_per_actor=3.5) == (1, 3.5, 3)  # as many as fit beside the stages
+    assert layout(8.0, cpus_per_actor=0.5) == (7, 0.5, 1)  # one per rendering core
+
+
+def test_a_small_job_starts_no_more_actors_than_its_rows_fill_and_splits_its_rows_between_them():
+    def layout(rows, cluster_cpus=16.0, **kw):
+        got = actor_layout(RenderConfig("m.jsonl", "out", metrics=False, rows_per_batch=4, **kw), cluster_cpus, rows=rows)
+        return got.actors, got.threads, got.rows_per_call
+
+    assert layout(3) == (1, 16, 4)  # one call's slots: one actor on every core
+    assert layout(32, cluster_cpus=2.0) == (2, 1, 8)  # two calls for each actor
+    assert layout(16, cluster_cpus=2.0) == (2, 1, 4)  # never under a row per slot
+    assert layout(10) == (3, 5, 4)
+    assert layout(10_000) == (16, 1, 4 * RENDER_ROWS_PER_SLOT)  # a long job: full calls
+    assert layout(64, actors=1, cluster_cpus=2.0) == (1, 2, 16)
 
 
 def test_cpus_per_actor_must_be_positive():
@@ -110,7 +124,7 @@ def test_a_rendered_row_is_recorded_while_its_calls_longer_row_still_renders(ray
                                                          {"id": "short", "portrait": str(portrait), "audio": str(short)}])
     out = str(tmp_path / "out")
     outcome = run_render(RenderConfig(str(manifest), out, run_id="r", metrics=False, framing="crop",
-                                      rows_per_batch=1, tracking_uri=f"sqlite:///{tmp_path}/ml.db"))
+                                      actors=1, rows_per_batch=1, tracking_uri=f"sqlite:///{tmp_path}/ml.db"))
     assert outcome.counts["ok"] == 2, outcome.results.to_dict("records")
     short_recorded = Path(state_uri(out, "r", "short")).stat().st_mtime
     long_published = Path(video_uri(out, "r", "long")).stat().st_mtime
