@@ -58,8 +58,9 @@ log = logging.getLogger("eartalk.render")
 # ---- tunables
 ROWS_PER_RENDER_BATCH = 4  # videos one render actor streams at once (its slots): keeps a device busy, bounds memory
 RENDER_ROWS_PER_SLOT = 4  # rows per actor call for each slot: a slot whose video ends takes the call's next row
-# a small job's rows are cut into at least this many calls per actor: a call starts once all its rows are
-# loaded, and when one actor's last call ends, the others' last calls are what remains of the job
+# with several actors, a small job's rows are cut into at least this many calls per actor: a call starts once
+# all its rows are loaded, and when one actor's last call ends, the others' last calls are what remains of
+# the job. A lone actor takes a small job in one call, whose slots start the shortest rows first.
 MIN_CALLS_PER_ACTOR = 2
 # Ray Data cuts an operator's output into a block once it passes this many bytes. Below one row's size, every
 # row the actor yields is a block of its own and goes on to the metrics and record stages at once; at Ray's
@@ -394,8 +395,8 @@ def actor_layout(config: RenderConfig, cluster_cpus: float, node_cpus: float | N
     between frame steps. Their threads are the rendering cores over the actors.
 
     Rows per call: a call holds up to `rows_per_batch x RENDER_ROWS_PER_SLOT` rows (its slots refill from
-    them), fewer in a small job, so that each actor gets MIN_CALLS_PER_ACTOR calls (never under one row per
-    slot).
+    them), fewer in a small job on several actors, so that each gets MIN_CALLS_PER_ACTOR calls (never under
+    one row per slot).
     """
     slots = config.rows_per_batch
     render_cores = max(1.0, cluster_cpus - (METRICS_CPUS if config.metrics else 0))
@@ -423,7 +424,8 @@ def actor_layout(config: RenderConfig, cluster_cpus: float, node_cpus: float | N
             threads = min(threads, max(1, math.floor(node_cpus)))  # nor can it use more cores than that node has
     rows_per_call = slots * RENDER_ROWS_PER_SLOT
     if rows is not None:
-        rows_per_call = max(slots, min(rows_per_call, math.ceil(rows / (actors * MIN_CALLS_PER_ACTOR))))
+        calls = actors * (MIN_CALLS_PER_ACTOR if actors > 1 else 1)
+        rows_per_call = max(slots, min(rows_per_call, math.ceil(rows / calls)))
     return ActorLayout(actors, cpus, threads, rows_per_call)
 
 

@@ -79,6 +79,7 @@ def test_a_small_job_starts_no_more_actors_than_its_rows_fill_and_splits_its_row
     assert layout(10) == (3, 5, 4)
     assert layout(10_000) == (16, 1, 4 * RENDER_ROWS_PER_SLOT)  # a long job: full calls
     assert layout(64, actors=1, cluster_cpus=2.0) == (1, 2, 16)
+    assert layout(8, actors=1, cluster_cpus=2.0) == (1, 2, 8)  # a lone actor: one call, shortest rows first
 
 
 def test_cpus_per_actor_must_be_positive():
