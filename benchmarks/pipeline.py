@@ -81,7 +81,8 @@ def bare_frames_per_s(checkpoint: str, manifest: Path, batch: int, threads: int)
 
 
 def bare_processes_frames_per_s(checkpoint: str, manifest: Path, batch: int, processes: int, threads: int) -> float:
-    """Frames/s of `processes` bare generators at once, each on its share of the manifest's rows."""
+    """Frames/s of `processes` bare generators at once, each on its share of the manifest's rows: their rates
+    summed (equal shares, so their timed loops overlap)."""
     rows = manifest.read_text().splitlines(keepends=True)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from pipeline import bare_frames_per_s;"
             " print(bare_frames_per_s(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])))")
