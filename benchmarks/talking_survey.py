@@ -3,10 +3,11 @@ portrait, with the speech's lip drive on and off and by the training puppet, sid
 one JSON object.
 
     python benchmarks/talking_survey.py [--checkpoint DIR] [--portrait JPG] [--corpus DIR] [--seconds 10]
-                                        [--modes drive_on drive_off puppet]
+                                        [--modes drive_on unmagnified drive_off puppet]
 
 For each corpus clip (its first SECONDS of speech) the portrait speaks it in each mode: drive_on, the
-checkpoint with `lip_from_speech`; drive_off, without it; puppet, the synthetic data set's teacher
+checkpoint with `lip_from_speech` (and its configured mouth magnification); unmagnified, the same with
+`mouth_magnification` 1 (model/mouth_motion.py); drive_off, without the drive; puppet, the synthetic data set's teacher
 (training/puppet.py), whose mouth is the lip drive itself, so its figures bound what a checkpoint trained
 on it can reach through the drive. Each video is measured as the acceptance harness measures
 the held-out speakers (training/acceptance.py, `held_out_video_figures`): sync against its own speech and
@@ -39,7 +40,11 @@ MEDIA = ROOT.parent / "shared" / "media"
 MISMATCHED = 3  # other clips' speech per video: the next ones in name order
 
 
-MODES = ("drive_on", "drive_off", "puppet")
+# each checkpoint mode's config changes; the puppet is no checkpoint
+MODES = {"drive_on": {"lip_from_speech": True},
+         "unmagnified": {"lip_from_speech": True, "mouth_magnification": 1.0},
+         "drive_off": {"lip_from_speech": False},
+         "puppet": None}
 
 
 def survey(render, clips: list[dict]) -> list[dict]:
@@ -111,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "puppet":
             render = functools.partial(render_puppet_video, portrait, np.asarray(aligned.landmarks, np.float64), fps=FPS)
         else:
-            generator.config = dataclasses.replace(configured_config, lip_from_speech=mode == "drive_on")
+            generator.config = dataclasses.replace(configured_config, **MODES[mode])
             render = functools.partial(render_frames, generator, portrait, fps=FPS)
         per_video[mode] = survey(render, clips)
         out[mode] = summary(per_video[mode], real_amplitude)
     generator.config = configured_config
     out["checkpoint_lip_from_speech"] = configured_config.lip_from_speech
+    out["checkpoint_mouth_magnification"] = configured_config.mouth_magnification
     out["seconds"] = round(time.monotonic() - started, 1)
     if args.per_video:
         out["per_video"] = per_video

@@ -104,6 +104,9 @@ class GeneratorConfig:
     # at inference the `lip` token is the row's lip intensity (1 where absent) times the speech's lip drive
     # (speech_drive.py): the loudness pace the LayerNormed mels lack, as the mouth opening to draw
     lip_from_speech: bool = False
+    # at inference each decoded frame shows its mouth and chin cells' change from their slow baseline times
+    # this (mouth_motion.py); the latents the model feeds itself are untouched; 1 decodes them as predicted
+    mouth_magnification: float = 1.0
     # ---- transformer
     d_model: int = 256  # token width
     n_layers: int = 5
@@ -131,6 +134,7 @@ class GeneratorConfig:
         for name in ("mel_hop_ms", "audio_context_ms", "mlp_ratio", "rope_base", "flow_noise_std"):
             check_number(name, getattr(self, name), positive=True)
         check_number("audio_lead_ms", self.audio_lead_ms)
+        check_number("mouth_magnification", self.mouth_magnification, low=1.0, high=4.0)
         for name in ("vae_lid_layer", "audio_level", "audio_mouth", "lip_from_speech"):
             check_bool(name, getattr(self, name))
         if self.head not in HEADS:
@@ -190,8 +194,8 @@ class GeneratorConfig:
 PRESETS: dict[str, GeneratorConfig] = {
     # CPU default: trains on 2 cores in under an hour; 5.7M parameters (23 MB of fp32 safetensors).
     # With the decoder's lid layer and blink readout (frame_vae.py) and the speech's lip drive at
-    # inference: the shipped checkpoint's architecture.
-    "tiny": GeneratorConfig(vae_lid_layer=True, lip_from_speech=True),
+    # inference, its mouth motion shown 1.5 times as large (mouth_motion.py): the shipped checkpoint's architecture.
+    "tiny": GeneratorConfig(vae_lid_layer=True, lip_from_speech=True, mouth_magnification=1.5),
     # Paper scale for GPUs: 256x256 frames, 16x16 latent grid of 256 tokens, ~330M parameters.
     "base": GeneratorConfig(
         image_size=256,

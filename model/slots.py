@@ -25,6 +25,7 @@ import torch
 
 from .flow_head import TokenNoise
 from .frame_vae import Reference
+from .mouth_motion import baseline_rate, magnify, mouth_cells
 
 
 class SlotNoise(TokenNoise):
@@ -73,6 +74,10 @@ class SlotStream:
         # per-slot rows of the decoder's reference and of the previous latent, allocated at the first add
         self._reference: Reference | None = None
         self._prev: torch.Tensor | None = None  # (B, Cl, L, L)
+        # mouth_motion.py's per-slot state: the mouth's slow baseline (B, Cl, L, L) and its rate (B,)
+        self._baseline: torch.Tensor | None = None
+        self._baseline_rate = torch.zeros(slots, device=generator.device, dtype=generator.dtype)
+        self._mouth_cells = mouth_cells(generator.config.latent_size).to(generator.device, generator.dtype)
         self.frames_computed = 0  # frames decoded in all (each busy slot's, per step)
 
     # ------------------------------------------------------------------ slots
@@ -109,6 +114,8 @@ class SlotStream:
         self.cache.reset(slot)
         g.transformer.forward_cached(g.reference_block(reference.latent), self.cache, block=0, rows=[slot])
         self._prev[slot] = reference.latent[0]
+        self._baseline[slot] = reference.latent[0]
+        self._baseline_rate[slot] = baseline_rate(request.fps)
         noise = torch.Generator().manual_seed(int(request.seed)) if g.config.head == "flow" else None
         self.videos[slot] = SlotVideo(key, frames, audio[0], controls[0], noise)
         return slot
@@ -126,6 +133,7 @@ class SlotStream:
 
             self._reference = Reference(rows(ref.image), tuple(rows(f) for f in ref.features), rows(ref.latent))
             self._prev = rows(ref.latent)
+            self._baseline = rows(ref.latent)
         self._reference.image[slot] = ref.image[0]
         for mine, theirs in zip(self._reference.features, ref.features):
             mine[slot] = theirs[0]
@@ -162,7 +170,7 @@ class SlotStream:
             self._prev.copy_(latent)
         else:
             self._prev.index_copy_(0, index, latent)
-        frames = g.vae.decode(latent, ref)  # (n, 3, S, S)
+        frames = g.vae.decode(self._shown(latent, index), ref)  # (n, 3, S, S)
         self.frames_computed += len(busy)
         ended = []
         for s, v in zip(busy, videos):
@@ -171,3 +179,17 @@ class SlotStream:
             if ended[-1]:
                 self.videos[s] = None
         return StepFrames(busy, [v.key for v in videos], t, frames, ended)
+
+    def _shown(self, latent: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """The busy rows' (n, Cl, L, L) latents as decoded: magnified mouth motion (mouth_motion.py) when the
+        config asks for it; `index` holds their slots, None when every slot is busy."""
+        gain = self.generator.config.mouth_magnification
+        if gain == 1.0:
+            return latent
+        if index is None:
+            shown, self._baseline = magnify(latent, self._baseline, self._baseline_rate, self._mouth_cells, gain)
+            return shown
+        shown, baseline = magnify(latent, self._baseline.index_select(0, index),
+                                  self._baseline_rate.index_select(0, index), self._mouth_cells, gain)
+        self._baseline.index_copy_(0, index, baseline)
+        return shown

@@ -20,6 +20,7 @@ from model.config import RETIRED_FIELDS, ConfigError
     ({"rope_base": float("nan")}, r"^rope_base must be a finite number, got nan$"),
     ({"audio_lead_ms": "160"}, r"^audio_lead_ms must be a finite number, got '160'$"),
     ({"audio_level": 1}, r"^audio_level must be true or false, got 1$"),
+    ({"mouth_magnification": 0.5}, r"^mouth_magnification must be in \[1, 4\], got 0.5$"),
     ({"vae_channels": (32,)}, r"^vae_channels must be a list of at least two ints >= 1, got \(32,\)$"),
     ({"image_size": 100}, r"^image_size must divide by the VAE's stride 8 \(2 \*\* len\(vae_channels\)\), got 100$"),
     ({"latent_patch": 3}, r"^latent_patch must divide the latent grid's side 16, got 3$"),

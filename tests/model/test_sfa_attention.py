@@ -68,7 +68,8 @@ def test_the_audio_mouth_path_streams_like_the_full_pass_and_moves_only_the_mout
     moved = (full - without).abs().amax(dim=(0, 1, 2)) > 1e-6  # (L, L) cells the path changed
     assert torch.equal(moved, region_cells(ref.shape[-1]).bool())
 
-def test_stream_yields_the_decoded_streamed_latents(generator):
+def test_stream_yields_the_decoded_streamed_latents():
+    generator = small_generator(mouth_magnification=1.0)  # decoded as predicted (test_mouth_motion.py: magnified)
     req = request(generator, 8)
     _, streamed, _, _ = stream_latents(generator, req)
     frames = torch.stack(list(generator.stream([req])), dim=1)  # (1, F, 3, S, S)

@@ -9,6 +9,7 @@ import torch
 
 from model import KVCache
 from model.flow_head import TokenNoise
+from model.mouth_motion import baseline_rate, magnify, mouth_cells
 from tests.model.conftest import request, small_generator
 from tests.model.test_flow_head import flow_generator
 
@@ -16,14 +17,20 @@ LENGTHS = (3, 17, 40, 9, 5)  # frames: very different lengths, more videos than 
 
 
 def alone(g, r) -> torch.Tensor:
-    """(F, 3, S, S): the reference path, one video through `rollout` (the training path's loop, no slots)."""
+    """(F, 3, S, S): the reference path, one video through `rollout` (the training path's loop, no slots),
+    each latent decoded as mouth_motion.py shows it (the config's magnification, this video's fps)."""
     F = g.num_frames(r.audio.numel(), r.fps)
     with torch.no_grad():
         ref = g.vae.reference(r.portrait[None])
         audio, controls = g.condition_tokens([r], F)
         noise = TokenNoise([r.seed]) if g.config.head == "flow" else None
-        latents = torch.stack(list(g.rollout(ref.latent, audio, controls, noise)), dim=1)  # (1, F, Cl, L, L)
-        return g.decode_latents(latents, r.portrait[None])[0]
+        baseline, rate = ref.latent, torch.tensor([baseline_rate(r.fps)])
+        cells = mouth_cells(g.config.latent_size)
+        shown = []
+        for latent in g.rollout(ref.latent, audio, controls, noise):
+            frame, baseline = magnify(latent, baseline, rate, cells, g.config.mouth_magnification)
+            shown.append(frame)
+        return g.decode_latents(torch.stack(shown, dim=1), r.portrait[None])[0]
 
 
 def requests(g) -> list:
