@@ -41,11 +41,15 @@ def save_checkpoint(generator: Generator, directory: str | Path, extra: dict | N
 
 
 def checkpoint_version(directory: str | Path) -> str:
-    """Short content hash of the weights: what results rows and MLflow call the model version."""
+    """Short content hash of the weights and of the config they render with: what results rows and MLflow
+    call the model version. The same weights under another config (`mouth_magnification`, `lip_from_speech`)
+    render other videos, so they are another version; fields the loader drops (RETIRED_FIELDS) are not."""
     digest = hashlib.sha256()
     with open(Path(directory) / WEIGHTS_FILE, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    config, _ = read_config(directory)
+    digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     return f"sha256:{digest.hexdigest()[:12]}"
 
 

@@ -26,6 +26,24 @@ def test_round_trip_gives_identical_frames(saved, generator):
     assert checkpoint_version(saved).startswith("sha256:")
 
 
+def test_the_version_changes_with_the_weights_and_with_the_config_they_render_with(saved, tmp_path):
+    """Results rows and MLflow name the model by this version: the same weights shown with another mouth
+    magnification render other videos, so they are another version."""
+    version = checkpoint_version(saved)
+    other = tmp_path / "other"
+    shutil.copytree(saved, other)
+    assert checkpoint_version(other) == version
+    meta = json.loads((other / "config.json").read_text())
+    meta["config"]["mouth_magnification"] = 1.0
+    (other / "config.json").write_text(json.dumps(meta))
+    assert checkpoint_version(other) != version
+    weights = (saved / "model.safetensors").read_bytes()
+    changed = tmp_path / "changed"
+    shutil.copytree(saved, changed)
+    (changed / "model.safetensors").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
+    assert checkpoint_version(changed) != version
+
+
 def test_corrupted_weights_are_refused(saved):
     data = (saved / "model.safetensors").read_bytes()
     (saved / "model.safetensors").write_bytes(data[: len(data) // 2])
