@@ -2,10 +2,11 @@
 
 metrics/sync.py reads the corpus's in-sync clips at offsets from -5 to +4 frames (docs/sync.md); its two
 curves share dlib's landmarks. This script reads each clip with other landmarks and other features:
-MediaPipe's face mesh (inner-lip gap, landmarks 13-14, over the outer eye-corner distance 33-263) and
-the speech's onsets (the rise of its 100-4000 Hz log energy), against the lip gap's opening speed. The
-lag at which those two correlate best is the clip's offset, up to a constant lead that no in-sync
-reference fixes; so clips are compared by their offset from the corpus median, measure against measure.
+MediaPipe's face mesh (inner-lip gap, landmarks 13-14, over the outer eye-corner distance 33-263) against
+the speech's 100-4000 Hz log energy, in two ways (FEATURES): "level", the gap against the energy, both
+band-passed to the syllable rate; "onset", the gap's opening speed against the energy's rises. The lag at
+which a pair correlates best is the clip's offset, up to a constant lead that no in-sync reference fixes;
+so clips are compared by their offset from the median of the clips a pair tracks, measure against measure.
 
 MediaPipe needs numpy<2, which the project's environment does not pin, so this runs in its own venv:
 
@@ -13,9 +14,10 @@ MediaPipe needs numpy<2, which the project's environment does not pin, so this r
     /tmp/mpenv/bin/pip install "mediapipe==0.10.21" "numpy<2" "opencv-python-headless<4.12" av
     /tmp/mpenv/bin/python scripts/sync_crosscheck.py --corpus ../shared/media/corpus > crosscheck.json
 
-Prints one JSON object: per clip, the lag (frames; > 0: the audio lags the video, as metrics/sync.py)
-of the correlation peak, its height, and the same with the audio delayed by SHIFT frames (the peak must
-move by SHIFT: the check that the curve tracks this clip at all).
+Prints one JSON object: per clip and feature, the lag (frames; > 0: the audio lags the video, as
+metrics/sync.py) of the correlation peak, its height, the same with the audio delayed by SHIFT frames
+(the peak must move by SHIFT: the check that the curve tracks this clip at all) and the lag from the
+tracked clips' median.
 """
 
 from __future__ import annotations
@@ -140,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         gaps = lip_gaps(frames)
         video = {"onset": opening_speed(gaps), "level": band_passed(filled(gaps), fps)}
         clip = {"fps": round(fps, 3), "face_found": round(float(np.mean(~np.isnan(gaps))), 3)}
+        sounds = {}  # (reading, feature) -> the audio track at that delay
+        for name, delay in (("in_sync", 0), ("delayed", SHIFT)):
+            level, rise = band_energy(audio, fps, len(frames), delay)
+            sounds[name, "onset"], sounds[name, "level"] = rise, band_passed(level, fps)
         for feature in FEATURES:
             reading = {}
-            for name, delay in (("in_sync", 0), ("delayed", SHIFT)):
-                level, rise = band_energy(audio, fps, len(frames), delay)
-                sound = rise if feature == "onset" else band_passed(level, fps)
-                curve = lag_curve(video[feature], sound)
+            for name in ("in_sync", "delayed"):
+                curve = lag_curve(video[feature], sounds[name, feature])
                 peak = int(np.nanargmax(curve))
                 reading[name] = {"lag_frames": peak - MAX_LAG, "peak": round(float(curve[peak]), 3)}
             reading["tracks_shift"] = reading["delayed"]["lag_frames"] - reading["in_sync"]["lag_frames"] == SHIFT
