@@ -37,7 +37,7 @@ import storage
 log = logging.getLogger("eartalk.train")
 # flags that set a training.config.LossConfig field of the same name (None: the default, or on resume the run's)
 LOSS_FLAGS = ("history_noise", "self_forcing", "control_dropout", "change_weight", "mouth_weight",
-              "vae_region_weight", "vae_blink_weight")
+              "mouth_concordance_weight", "vae_region_weight", "vae_blink_weight")
 # flags that set a model.GeneratorConfig field of the same name (None: the preset's, or on resume the run's)
 MODEL_FLAGS = ("head", "flow_width", "flow_layers", "flow_steps", "flow_noise_std")
 
@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="weight of the loss on frame-to-frame change (LossConfig.change_weight)")
     p.add_argument("--mouth-weight", type=float, default=None,
                    help="weight of the loss on the mouth and chin's latent cells (LossConfig.mouth_weight)")
+    p.add_argument("--mouth-concordance-weight", type=float, default=None,
+                   help="weight of 1 - the concordance of the mouth cells' motion with the target's "
+                        "(LossConfig.mouth_concordance_weight)")
     p.add_argument("--vae-region-weight", type=float, default=None,
                    help="stage 1: weight of the squared error on the eyes' and mouth's pixels (LossConfig.vae_region_weight)")
     p.add_argument("--vae-blink-weight", type=float, default=None,

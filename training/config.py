@@ -31,6 +31,9 @@ class LossConfig:
     self_forcing: float = 0.0  # share of clips whose history is the model's own rollout
     change_weight: float = 0.0  # weight of the term on what changed since the previous frame
     mouth_weight: float = 0.0  # weight of the term on the mouth and chin's latent cells (face_regions.MOUTH_REGION)
+    # weight of 1 - Lin's concordance between the predicted and true mouth cells over each window: squared
+    # error alone pays for a mouth shrunk toward its mean, concordance pays for the motion's size and timing
+    mouth_concordance_weight: float = 0.0
     # ---- stage 1 (the frame VAE)
     vae_region_weight: float = 0.0  # weight of the squared error on the eyes' and mouth's pixels
     # weight of the loss that reads the blink label from the latent's eye cells (the lid layer's readout):
@@ -40,7 +43,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         for name in ("control_dropout", "self_forcing"):
             check_number(name, getattr(self, name), low=0.0, high=1.0)
-        for name in ("history_noise", "change_weight", "mouth_weight", "vae_region_weight", "vae_blink_weight"):
+        for name in ("history_noise", "change_weight", "mouth_weight", "mouth_concordance_weight",
+                     "vae_region_weight", "vae_blink_weight"):
             check_number(name, getattr(self, name), low=0.0)
 
     def to_dict(self) -> dict:

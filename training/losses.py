@@ -31,6 +31,23 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum() / weights.sum().clamp(min=1e-6)
 
 
+def concordance_error(pred: torch.Tensor, target: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """1 - Lin's concordance correlation of each latent cell's track over the window, averaged over `cells`.
+
+    pred, target (B, F, Cl, L, L); cells (L, L) weights. Concordance 2 cov / (var_p + var_t + (mean_p -
+    mean_t)^2) is 1 only for the same track: a prediction in step but shrunk toward its mean (what squared
+    error settles on where several mouth shapes fit a sound) loses by its lost spread, one of the right
+    size but out of step by its lost covariance. Each track weighs by its true variance, so cells that
+    barely move in a window (their concordance is noise) count little.
+    """
+    mean_p, mean_t = pred.mean(dim=1), target.mean(dim=1)  # (B, Cl, L, L)
+    dev_p, dev_t = pred - mean_p[:, None], target - mean_t[:, None]
+    var_p, var_t = dev_p.pow(2).mean(dim=1), dev_t.pow(2).mean(dim=1)
+    cov = (dev_p * dev_t).mean(dim=1)
+    concordance = 2 * cov / (var_p + var_t + (mean_p - mean_t).pow(2)).clamp(min=1e-8)
+    return weighted_mean(1 - concordance, var_t.detach() * cells)
+
+
 def drop_controls(values: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Hide each control of each clip entirely with probability p: (B, F, C) values, NaN = absent."""
     B, _, C = values.shape
@@ -181,8 +198,11 @@ def transformer_loss(generator: nn.Module, losses: LossConfig, portrait: torch.T
     mouth = region_cells(target.shape[-1]).to(target.device, target.dtype)  # (L, L)
     mouth_mse = weighted_mean(squared, mouth)
     total = latent_mse + motion_mse + losses.change_weight * change_mse + losses.mouth_weight * mouth_mse
-    return {"total": total, "latent_mse": latent_mse, "motion_mse": motion_mse, "change_mse": change_mse,
-            "mouth_mse": mouth_mse}
+    terms = {"latent_mse": latent_mse, "motion_mse": motion_mse, "change_mse": change_mse, "mouth_mse": mouth_mse}
+    if losses.mouth_concordance_weight > 0:
+        terms["mouth_concordance"] = concordance_error(pred, target, mouth)
+        total = total + losses.mouth_concordance_weight * terms["mouth_concordance"]
+    return {"total": total, **terms}
 
 
 class VAELoss(nn.Module):

@@ -169,3 +169,43 @@ def test_the_blink_readout_loss_needs_the_lid_layer_and_skips_unknown_labels():
     assert (out["total"] - without["total"]).item() == pytest.approx(out["blink_mse"].item(), rel=1e-4)
     with pytest.raises(ConfigError, match="vae_blink_weight trains the lid layer's readout, which preset base lacks"):
         losses.check_fits(get_preset("base"), "preset base")
+
+
+def test_concordance_error_is_zero_for_the_true_track_and_pays_for_shrunk_or_shifted_motion():
+    from model.face_regions import region_cells
+    from training.losses import concordance_error
+
+    torch.manual_seed(0)
+    L = 8
+    cells = region_cells(L)
+    target = torch.randn(2, 24, 3, L, L)
+    assert concordance_error(target, target, cells).abs() < 1e-6
+    mean = target.mean(dim=1, keepdim=True)
+    shrunk = mean + 0.4 * (target - mean)  # in step, 0.4 of the spread: concordance 0.8 / 1.16
+    torch.testing.assert_close(concordance_error(shrunk, target, cells), torch.tensor(1 - 0.8 / 1.16))
+    shifted = torch.roll(target, 3, dims=1)  # the right size, out of step: white noise has no covariance at lag 3
+    assert concordance_error(shifted, target, cells) > 0.8
+    # the squared error prefers the shrunk track to the shifted one; concordance too, but it still charges the shrink
+    assert (shrunk - target).pow(2).mean() < (shifted - target).pow(2).mean()
+
+
+def test_mouth_concordance_weight_adds_its_term_to_the_total():
+    from model.face_regions import region_cells
+    from training.losses import concordance_error
+
+    g = small_generator().eval()
+    S, F = g.config.image_size, 6
+    torch.manual_seed(0)
+    ref = g.vae.reference(torch.rand(1, 3, S, S)).latent
+    cells = region_cells(ref.shape[-1])
+    target = ref[:, None] + torch.randn(1, F, *ref.shape[1:]) * cells
+    torch.manual_seed(1)  # the same audio for both
+    plain, _ = loss_and_teacher_forced_prediction(g, LossConfig(), ref, target)
+    assert "mouth_concordance" not in plain
+    torch.manual_seed(1)
+    loss, pred = loss_and_teacher_forced_prediction(g, LossConfig(mouth_concordance_weight=2.0), ref, target)
+    torch.testing.assert_close(loss["mouth_concordance"], concordance_error(pred, target, cells))
+    assert loss["mouth_concordance"] > 0
+    torch.testing.assert_close(loss["total"], plain["total"] + 2.0 * loss["mouth_concordance"])
+    with pytest.raises(ConfigError, match="mouth_concordance_weight"):
+        LossConfig(mouth_concordance_weight=-1.0)
