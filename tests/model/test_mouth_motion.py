@@ -55,7 +55,7 @@ def test_gain_one_decodes_the_models_latents_unchanged():
     g = small_generator()
     off = small_generator()
     off.config = dataclasses.replace(off.config, mouth_magnification=1.0)
-    assert g.config.mouth_magnification == 1.5  # the tiny preset's
+    assert g.config.mouth_magnification == 2.0  # the tiny preset's
     r = request(g, 12)
     with torch.no_grad():
         on_frames = torch.cat(list(g.stream([r])))

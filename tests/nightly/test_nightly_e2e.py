@@ -91,8 +91,9 @@ def test_two_nightlies_log_runs_tags_metrics_comparison_and_a_playable_report(
 
     # Night 2: the German dub was re-recorded; only that pair renders, and it is compared with night 1.
     # It regresses (exit 1): tonight's results hold obama's one video while night 1's means hold biden's
-    # too, and the two full-frame portraits differ in image quality (BRISQUE, face sharpness) by more than
-    # the 10 % of the baseline allowed a metric without an absolute threshold. Timings are reported, not
+    # too, and the two full-frame portraits differ in BRISQUE (whole-frame image quality, set by each
+    # portrait's own pixels, not by the model) by more than the 10 % of the baseline allowed a metric
+    # without an absolute threshold. Timings are reported, not
     # judged, so how busy the machine is cannot change the exit code.
     trimmed_wav(shared_media / "speech" / "japanese.wav", catalog / "obama" / "audio" / "de.wav")
     second = main(common + ["--date", "2026-11-24"])
@@ -141,7 +142,7 @@ def test_two_nightlies_log_runs_tags_metrics_comparison_and_a_playable_report(
     assert listed == {"comparison/compare.json", "comparison/comparison.csv"}
     printed_comparison = json.loads(rest.artifact(second_id, "comparison/compare.json"))
     assert printed_comparison["regressed"] == (second == 1) and printed_comparison["metrics"]
-    assert {"brisque", "sharpness"} <= set(printed_comparison["regressed_metrics"])
+    assert "brisque" in printed_comparison["regressed_metrics"]
     assert "metrics_s" not in {m["metric"] for m in printed_comparison["metrics"]}
     assert "metrics_s" in {t["metric"] for t in printed_comparison["timings"]}
     # `eartalk compare` itself logs its report under compare/<baseline run id>/ of the night run.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.config import RETIRED_FIELDS
 from training.checkpointing import latest_checkpoint, load_training_checkpoint
 from training.config import LossConfig, TrainConfig
 from training.loops import train
@@ -112,7 +113,9 @@ def test_a_resumed_run_keeps_the_loss_weights_it_saved_also_from_a_checkpoint_th
         if old_style:
             (checkpoint / "loss.json").unlink()
             meta = json.loads((checkpoint / "config.json").read_text())
-            meta["config"].update(LossConfig(vae_region_weight=5.0).to_dict())
+            # what such checkpoints held: the loss fields of their day (RETIRED_FIELDS), inside the model config
+            meta["config"].update({k: v for k, v in LossConfig(vae_region_weight=5.0).to_dict().items()
+                                   if k in RETIRED_FIELDS})
             (checkpoint / "config.json").write_text(json.dumps(meta))
         _, state = load_training_checkpoint(str(checkpoint))
         assert state.loss == LossConfig(vae_region_weight=5.0).to_dict()
