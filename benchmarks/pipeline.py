@@ -14,8 +14,11 @@ Prints one JSON object:
 - cpu_utilisation: the share of the cores busy during the timed job, from the CPU time of the job's own
   processes (the driver and every Ray process under it, sampled with psutil; goal >= 0.85), and
   machine_cpu_utilisation, every process's (/proc/stat: on a shared machine it counts the others too);
-- ray_data_plan: the physical operators Ray Data logged when it started the timed job (the asset stage
-  must be its own TaskPoolMapOperator, not fused into the render actor's);
+- cpu_s_by_process: those CPU seconds by kind of process (the driver, each operator's Ray workers, Ray's
+  own services), with the processes of each kind started during the job: where the cores went besides
+  rendering, and whether a stage keeps starting workers;
+- ray_data_plan: the physical operators Ray Data logged when it started the timed job (each stage its own
+  ActorPoolMapOperator: the asset stage never fused into the render actor's);
 - stage_share: share of the summed stage time spent reading/decoding inputs, rendering, encoding,
   uploading and measuring (metrics measured on a few clips of a second run, scaled per clip);
 - composite_vs_render: time spent compositing faces back into the portraits (framing `portrait`, the
@@ -103,10 +106,25 @@ def machine_busy_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def process_kind(proc, me) -> str:
+    """What a process of the job is: `driver`, a Ray worker's title without `ray::` (its actor's operator, or
+    IDLE), or the program (raylet, gcs_server, a Python script's file name, `python -c` for the checkpoint check)."""
+    if proc.pid == me.pid:
+        return "driver"
+    args = proc.cmdline()
+    if args and args[0].startswith("ray::"):
+        return args[0].removeprefix("ray::").strip()
+    if len(args) > 1 and Path(args[0]).name.startswith("python"):
+        script = next((a for a in args[1:] if not a.startswith("-") or a == "-c"), "")
+        return "python -c" if script == "-c" else Path(script).name
+    return proc.name()
+
+
 class CpuSampler:
     """Samples the CPU seconds of this process and every process under it (the local Ray cluster and its
     workers) while the context runs: processes that start meanwhile count from zero, those already running
-    from their time at the start; a process that exits between two samples loses at most one interval."""
+    from their time at the start; a process that exits between two samples loses at most one interval.
+    `by_kind()` sums them by process_kind (a worker counts under the last operator it served)."""
 
     def __init__(self, interval_s: float = 0.25):
         import psutil
@@ -114,6 +132,7 @@ class CpuSampler:
         self.psutil, self.interval_s = psutil, interval_s
         self.start_cpu: dict[tuple[int, float], float] = {}
         self.last_cpu: dict[tuple[int, float], float] = {}
+        self.kind: dict[tuple[int, float], str] = {}
         self._stop = threading.Event()
 
     def _tree(self):
@@ -121,12 +140,16 @@ class CpuSampler:
         return [me] + me.children(recursive=True)
 
     def _sample(self, first: bool = False) -> None:
+        me = self.psutil.Process()
         for proc in self._tree():
             try:
                 key = (proc.pid, proc.create_time())  # a pid reused by a new process is a new key
                 t = proc.cpu_times()
+                kind = process_kind(proc, me)
             except self.psutil.Error:  # exited meanwhile
                 continue
+            if kind != "IDLE" or key not in self.kind:  # an idle worker keeps the operator it served
+                self.kind[key] = kind
             seconds = t.user + t.system
             if first:
                 self.start_cpu[key] = seconds
@@ -154,6 +177,16 @@ class CpuSampler:
 
     def utilisation(self, cores: int) -> float:
         return self.cpu_s / (self.wall_s * cores)
+
+    def by_kind(self) -> dict[str, dict]:
+        """{kind: {"cpu_s", "started"}}: CPU seconds and processes started meanwhile, most CPU first."""
+        kinds: dict[str, dict] = {}
+        for key, seconds in self.last_cpu.items():
+            k = kinds.setdefault(self.kind.get(key, "?"), {"cpu_s": 0.0, "started": 0})
+            k["cpu_s"] += seconds - self.start_cpu.get(key, 0.0)
+            k["started"] += key not in self.start_cpu
+        ordered = sorted(kinds.items(), key=lambda kv: -kv[1]["cpu_s"])
+        return {name: {"cpu_s": round(v["cpu_s"], 1), "started": v["started"]} for name, v in ordered}
 
 
 class PlanLog(logging.Handler):
@@ -233,6 +266,7 @@ def main() -> None:
             "pipeline_vs_bare_processes": round(pipeline_fps / bare_processes, 3),
             "cpu_utilisation": round(cpu.utilisation(cores), 3),
             "machine_cpu_utilisation": round(cpu.machine, 3),
+            "cpu_s_by_process": cpu.by_kind(),
             "ray_data_plan": plans.plans[0] if plans.plans else None,
             "stage_share": {k: round(v / total, 3) for k, v in stages.items()},
             "stage_s": {k: round(v, 2) for k, v in stages.items()},

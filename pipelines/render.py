@@ -51,7 +51,8 @@ from metrics.schema import SchemaError, results_frame, validate_schema, write_re
 from .inputs import LIMITS, InputError, InputPolicy, probe_local
 from .lease import DriverLease
 from .manifest import FRAMINGS, SAFE_ID, ManifestError, ManifestRow, read_manifest, validate_rows
-from .stages import HEAVY_COLUMNS, STATE_DIR, VIDEO_DIR, RenderActor, load_assets, measure, measure_saved, record, video_uri
+from .stages import (HEAVY_COLUMNS, STATE_DIR, VIDEO_DIR, AssetLoader, Measurer, Recorder, RenderActor, measure_saved,
+                     video_uri)
 
 log = logging.getLogger("eartalk.render")
 
@@ -72,12 +73,14 @@ RENDER_CPUS_PER_ACTOR: float | None = None
 GPU_ACTOR_CPUS = 1.0  # beside the device: frame conversion, compositing and the MP4 encode
 MIN_ACTOR_CPUS = 0.1  # the smallest reservation of a CPU actor when the stages leave less per actor
 # Image decode + face alignment + audio resample per row: about 5 % of a row's render time on a CPU. A fraction
-# of a core, so these tasks are scheduled beside actors that reserve the cores' remainder.
+# of a core, so the asset actors are scheduled beside render actors that reserve the cores' remainder.
 LOAD_CPUS = 0.25
+# Each small stage runs on a pool of StageActor (pipelines/stages.py) from one actor, reserved by actor_layout,
+# to this many per render actor, started where CPUs are free (a GPU render actor outruns one asset loader).
+STAGE_ACTORS_PER_RENDER_ACTOR = 2
 MAX_SIDE = 1024  # px: default longest side of a `portrait`-framed video (faces.composite)
 METRICS_CPUS = 1  # landmarking a video is single-threaded dlib
-RECORD_CPUS = METRICS_CPUS  # one small upload per row; the same CPUs as the metrics, so Ray Data fuses the two
-RECORD_ALONE_CPUS = 0.25  # the same upload without metrics: a fraction of a core, like the asset stage
+RECORD_CPUS = 0.25  # one small upload per row: a fraction of a core, like the asset stage
 EXPERIMENT = "eartalk-render"
 STORE_ATTEMPTS = 3  # writes of the results table before the job falls back to a local copy
 STORE_BACKOFF_S = 2.0  # first wait between them, doubled each time (s3fs retries each attempt itself too)
@@ -390,9 +393,9 @@ def actor_layout(config: RenderConfig, cluster_cpus: float, node_cpus: float | N
 
     Reservations: an explicit `cpus_per_actor` is taken as it is, with Ray's own thread count (its floor, at
     least 1). GPU actors reserve GPU_ACTOR_CPUS and one thread. CPU actors reserve an equal share of the CPUs
-    the CPU stages leave (LOAD_CPUS, plus METRICS_CPUS or RECORD_ALONE_CPUS): Ray schedules fractions, so
-    the asset and record tasks always find room beside the actors, and the small CPU stages take the moments
-    between frame steps. Their threads are the rendering cores over the actors.
+    the first actor of each CPU stage leaves (LOAD_CPUS, RECORD_CPUS, and METRICS_CPUS with metrics): Ray
+    schedules fractions, so the asset and record actors always find room beside them, and the small CPU stages
+    take the moments between frame steps. Their threads are the rendering cores over the actors.
 
     Rows per call: a call holds up to `rows_per_batch x RENDER_ROWS_PER_SLOT` rows (its slots refill from
     them), fewer in a small job on several actors, so that each gets MIN_CALLS_PER_ACTOR calls (never under
@@ -400,7 +403,7 @@ def actor_layout(config: RenderConfig, cluster_cpus: float, node_cpus: float | N
     """
     slots = config.rows_per_batch
     render_cores = max(1.0, cluster_cpus - (METRICS_CPUS if config.metrics else 0))
-    stages = LOAD_CPUS + (METRICS_CPUS if config.metrics else RECORD_ALONE_CPUS)
+    stages = LOAD_CPUS + RECORD_CPUS + (METRICS_CPUS if config.metrics else 0)
     if config.actors is not None:
         actors = config.actors
     elif config.gpus_per_actor:
@@ -438,19 +441,20 @@ def render_dataset(items: list[dict], config: RenderConfig, layout: ActorLayout,
 
     ds = ray.data.from_items(items)
     ds.context.target_max_block_size = ROW_BLOCK_BYTES  # this dataset's own context (from_items copied it)
+    # each small stage: one actor reserved by the layout, more where CPUs are free (STAGE_ACTORS_PER_RENDER_ACTOR)
+    stage_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, STAGE_ACTORS_PER_RENDER_ACTOR * layout.actors))
     # INPUT: manifest rows. OUTPUT: + aligned portrait / audio / controls bytes, status, error. 1:1.
-    # CPU tasks: decode and face alignment are per-row CPU work that must not stall the generator actors.
-    ds = ds.map(load_assets, fn_kwargs={"image_size": image_size, "options": options, "max_side": config.max_side,
-                                        "max_seconds": config.max_seconds},
-                num_cpus=LOAD_CPUS)
+    # CPU actors of their own: decode and face alignment are per-row CPU work that must not stall the generators.
+    ds = ds.map(AssetLoader, fn_constructor_kwargs={"image_size": image_size, "options": options,
+                                                    "max_side": config.max_side, "max_seconds": config.max_seconds},
+                compute=stage_pool, num_cpus=LOAD_CPUS)
     # INPUT: loaded rows. OUTPUT: result columns (+ controls_json; portrait and audio dropped); MP4s
     # published by the actor.
     # One generator per actor (loaded once), continuous batching: rows_per_batch slots stream at once, each
     # refilled from the call's rows the moment its video ends; each row is yielded as soon as it is published.
-    # The actor's runtime_env sets its torch threads (Ray would set the floor of its fractional CPUs). It also
-    # keeps the asset tasks a separate operator: Ray Data (2.60) fuses a task map into the actor map after it
-    # whenever their remote args match, and fused, decode and alignment would run inside the render worker,
-    # one row at a time between batches, instead of beside it (tests/pipelines/test_render_plan.py).
+    # The actor's runtime_env sets its torch threads (Ray would set the floor of its fractional CPUs). Ray Data
+    # never fuses two actor operators, so decode and alignment run beside the render workers, not inside them
+    # between batches (tests/pipelines/test_render_plan.py).
     ds = ds.map_batches(
         RenderActor,
         fn_constructor_kwargs={"checkpoint_uri": checkpoint, "output_uri": config.output_uri, "run_id": run_id,
@@ -465,11 +469,11 @@ def render_dataset(items: list[dict], config: RenderConfig, layout: ActorLayout,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(layout.threads)}},
     )
     if config.metrics:
-        # INPUT: result rows. OUTPUT: + metric columns. CPU tasks; reads each published MP4 back.
-        ds = ds.map(measure, fn_kwargs={"options": options}, num_cpus=METRICS_CPUS)
+        # INPUT: result rows. OUTPUT: + metric columns. CPU actors; each reads the published MP4 back.
+        ds = ds.map(Measurer, fn_constructor_kwargs={"options": options}, compute=stage_pool, num_cpus=METRICS_CPUS)
     # INPUT: result rows. OUTPUT: the same rows without stage inputs; each ok row's state record published.
     # Last, so that a row's record is written once and holds its final result (what resume trusts).
-    ds = ds.map(record, fn_kwargs={"options": options}, num_cpus=RECORD_CPUS if config.metrics else RECORD_ALONE_CPUS)
+    ds = ds.map(Recorder, fn_constructor_kwargs={"options": options}, compute=stage_pool, num_cpus=RECORD_CPUS)
     return ds
 
 

@@ -54,7 +54,7 @@ def short_error(stage: str, row: dict, e: BaseException) -> str:
     return f"row {row['row']} (id {row['id']!r}), {stage}: {e}"
 
 
-# ---------------------------------------------------------------- stage 1: load assets (CPU tasks)
+# ---------------------------------------------------------------- stage 1: load assets (CPU actors: StageActor)
 
 
 def load_assets(row: dict, *, image_size: int, options: storage.StorageOptions, max_side: int = 1024,
@@ -340,7 +340,7 @@ def _collect(finishing: list[_Video], wait: bool) -> Iterator[dict]:
             yield _failed(v.row, "encode/publish", e)
 
 
-# ---------------------------------------------------------------- stage 3: metrics (CPU tasks)
+# ---------------------------------------------------------------- stage 3: metrics (CPU actors: StageActor)
 
 
 def measure(row: dict, *, options: storage.StorageOptions) -> dict:
@@ -366,7 +366,7 @@ def measure(row: dict, *, options: storage.StorageOptions) -> dict:
     return row
 
 
-# ---------------------------------------------------------------- stage 4: record (CPU tasks)
+# ---------------------------------------------------------------- stage 4: record (CPU actors: StageActor)
 
 
 def record(row: dict, *, options: storage.StorageOptions) -> dict:
@@ -384,6 +384,40 @@ def record(row: dict, *, options: storage.StorageOptions) -> dict:
             traceback.print_exc()
             result.update(status="failed", error=short_error("record", result, f"{type(e).__name__}: {e}"))
     return result
+
+
+# ---------------------------------------------------------------- the CPU stages' actors
+
+
+class StageActor:
+    """A row stage (`stage`, with the constructor's keyword arguments) on a long-lived actor.
+
+    As tasks, the small stages would start worker processes over and over: Ray kills a task worker beyond
+    its node's CPU count after a second idle, and these stages sit idle between rows while frames render,
+    so a row could pay for a new worker importing Ray Data, pandas and the face models again (about 2.5
+    CPU-s each: benchmarks/pipeline.py reports the CPU seconds of each kind of process). A subclass per stage
+    names its operator in Ray Data's plan and dashboard.
+    """
+
+    stage = None
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def __call__(self, row: dict) -> dict:
+        return type(self).stage(row, **self.kwargs)
+
+
+class AssetLoader(StageActor):
+    stage = staticmethod(load_assets)
+
+
+class Measurer(StageActor):
+    stage = staticmethod(measure)
+
+
+class Recorder(StageActor):
+    stage = staticmethod(record)
 
 
 # ---------------------------------------------------------------- resume: measure what was never measured (CPU tasks)

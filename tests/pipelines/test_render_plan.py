@@ -1,5 +1,6 @@
-"""The render job's Ray Data plan: the asset stage stays its own CPU operator beside the render actors, the
-CPU reservations of actors and stages add up to the cluster's cores, and each rendered row moves on alone."""
+"""The render job's Ray Data plan: every stage is its own actor operator (the asset stage beside the render
+actors, not inside them), the CPU reservations of actors and stages add up to the cluster's cores, and each
+rendered row moves on alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import storage
-from pipelines.render import (LOAD_CPUS, METRICS_CPUS, RECORD_ALONE_CPUS, RENDER_ROWS_PER_SLOT, RenderConfig,
+from pipelines.render import (LOAD_CPUS, METRICS_CPUS, RECORD_CPUS, RENDER_ROWS_PER_SLOT, RenderConfig,
                               actor_layout, render_dataset, run_render)
 from pipelines.stages import state_uri, video_uri
 from tests.pipelines.helpers import short_speech, write_jsonl
@@ -36,12 +37,17 @@ def plan_for(config: RenderConfig, cluster_cpus: float = 2.0):
     {"cpus_per_actor": LOAD_CPUS}, {"cpus_per_actor": 1.0, "metrics": False},
 ], ids=["default", "no-metrics", "two-actors", "cpus-equal-to-load", "one-cpu"])
 def test_asset_stage_is_not_fused_into_the_render_actor(ray_local, tmp_path, capsys, overrides):
-    """Regression: Ray Data fused `Map(load_assets)` into the `RenderActor` operator (same num_cpus), so image
-    decode and face alignment ran inside the render worker and one of two cores idled."""
-    operators = optimized_operators(plan_for(RenderConfig(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), **overrides)), capsys)
+    """Regression: Ray Data fused the asset tasks into the `RenderActor` operator (same num_cpus), so image
+    decode and face alignment ran inside the render worker and one of two cores idled. The small stages are
+    actor operators of their own (StageActor), which never start a worker process per row."""
+    config = RenderConfig(str(tmp_path / "m.jsonl"), str(tmp_path / "out"), **overrides)
+    operators = optimized_operators(plan_for(config), capsys)
     actor = [op for op in operators if "RenderActor" in op]
-    assert len(actor) == 1 and actor[0].startswith("ActorPoolMapOperator[") and "load_assets" not in actor[0], operators
-    assert "TaskPoolMapOperator[Map(load_assets)]" in operators, operators
+    assert len(actor) == 1 and actor[0].startswith("ActorPoolMapOperator[") and "AssetLoader" not in actor[0], operators
+    stages = ["AssetLoader", "Measurer", "Recorder"] if config.metrics else ["AssetLoader", "Recorder"]
+    for stage in stages:
+        assert f"ActorPoolMapOperator[Map({stage})]" in operators, operators
+    assert not [op for op in operators if op.startswith("TaskPoolMapOperator")], operators
 
 
 def test_cpu_actors_reserve_what_the_cpu_stages_leave_and_share_the_cores():
@@ -49,15 +55,15 @@ def test_cpu_actors_reserve_what_the_cpu_stages_leave_and_share_the_cores():
         got = actor_layout(RenderConfig("m.jsonl", "out", **kw), cluster_cpus, node_cpus, rows)
         return got.actors, got.cpus, got.threads
 
-    # 2 cores, no metrics: one 1-thread actor per core, reserving what the asset and record tasks leave
+    # 2 cores, no metrics: one 1-thread actor per core, reserving what the asset and record actors leave
     actors, cpus, threads = layout(2.0, metrics=False)
-    assert (actors, threads) == (2, 1) and 2 * cpus + LOAD_CPUS + RECORD_ALONE_CPUS == pytest.approx(2.0)
+    assert (actors, threads) == (2, 1) and 2 * cpus + LOAD_CPUS + RECORD_CPUS == pytest.approx(2.0)
     # with metrics a core goes to measuring: one actor, one thread
     actors, cpus, threads = layout(2.0)
-    assert (actors, threads) == (1, 1) and cpus + LOAD_CPUS + METRICS_CPUS == pytest.approx(2.0)
+    assert (actors, threads) == (1, 1) and cpus + LOAD_CPUS + RECORD_CPUS + METRICS_CPUS == pytest.approx(2.0)
     assert layout(16.0, metrics=False) == (16, (16.0 - 0.5) / 16, 1)
     # an explicit count shares the cores out as threads
-    assert layout(2.0, actors=1, metrics=False) == (1, 2.0 - LOAD_CPUS - RECORD_ALONE_CPUS, 2)
+    assert layout(2.0, actors=1, metrics=False) == (1, 2.0 - LOAD_CPUS - RECORD_CPUS, 2)
     assert layout(16.0, actors=4, metrics=False) == (4, (16.0 - 0.5) / 4, 4)
     # an actor fits on one node: three 1-CPU nodes give it what one node leaves, and one thread
     assert layout(3.0, node_cpus=1.0, actors=1, metrics=False) == (1, 1.0 - LOAD_CPUS, 1)
@@ -110,7 +116,8 @@ def test_a_render_job_executes_the_asset_stage_apart(ray_local, tmp_path, astron
         logger.removeHandler(handler)
     assert outcome.counts["ok"] == 1, outcome.results.to_dict("records")
     assert len(plans) == 1, plans
-    assert "TaskPoolMapOperator[Map(load_assets)] -> ActorPoolMapOperator[MapBatches(RenderActor)]" in plans[0], plans[0]
+    assert ("ActorPoolMapOperator[Map(AssetLoader)] -> ActorPoolMapOperator[MapBatches(RenderActor)] -> "
+            "ActorPoolMapOperator[Map(Recorder)]") in plans[0], plans[0]
 
 
 def test_a_rendered_row_is_recorded_while_its_calls_longer_row_still_renders(ray_local, tmp_path, astronaut_png,
