@@ -19,8 +19,9 @@ frames (k < 0: advanced; silence fills the gap) and the measured offset is compa
   extract_s_per_video_minute (decoding, landmark tracking and mouth crops, both views; from the cache's
   first run) per minute of video.
 The corpus's speakers are all different people, so every mismatched pair is a different speaker. By
-default each clip is measured with the regressor refitted on the other clips only (leave-one-speaker-out),
-so no figure comes from a speaker the model was fitted on; --shipped measures the shipped weights instead.
+default each clip is measured with the regressor refitted on the other clips only (leave-one-speaker-out)
+and the sync network trained without its speaker (SPEAKER_FOLDS folds by speaker, a few minutes of CPU
+each), so no figure comes from a speaker a learned part saw; --shipped measures the shipped weights instead.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metrics.sync_corpus import load_clip  # noqa: E402
-from metrics.sync_validation import MISMATCHES, SHIFTS, held_out_models, validate  # noqa: E402
+from metrics.sync_validation import MISMATCHES, SHIFTS, SPEAKER_FOLDS, held_out_models, held_out_nets, validate  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "media" / "corpus"
 CACHE = Path(__file__).resolve().parents[1] / "out" / "sync_cache"
@@ -57,12 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     clips = [load_clip(path, args.cache) for path in paths]
     minutes = sum(len(c.landmarks) / c.fps for c in clips) / 60.0
     out: dict = {"clips": len(clips), "video_minutes": round(minutes, 3), "shifts": list(SHIFTS)}
-    models = [None] * len(clips) if args.shipped else held_out_models(clips)
-    out["model"] = "shipped (fitted on these clips)" if args.shipped else "leave-one-speaker-out refits"
+    if args.shipped:
+        models = nets = [None] * len(clips)
+        out["model"] = "shipped: regressor fitted on every clip, network on all but sync_net.HELD_OUT_SPEAKERS"
+    else:
+        models = held_out_models(clips)
+        nets = held_out_nets(clips, log=lambda m: print(m, file=sys.stderr))
+        out["model"] = f"regressor: leave-one-speaker-out refits; network: {SPEAKER_FOLDS} folds by speaker"
     start = time.perf_counter()
-    full = validate(clips, "full", models)
+    full = validate(clips, "full", models, nets)
     sync_s = time.perf_counter() - start
-    small = validate(clips, "128", models)
+    small = validate(clips, "128", models, nets)
     per_clip = {"full": full.pop("offsets_per_clip"), "128": small.pop("offsets_per_clip")}
     out |= full
     out |= {f"{key}_128px": value for key, value in small.items()}

@@ -19,17 +19,20 @@ has the figures and benchmarks/sync_validation.py reproduces them):
 4. Second opinion: the jaw opening against the speech's formant-band (~500-2600 Hz) log energy, both
    band-passed to 1-6 Hz, over voiced frames, at each lag plus the natural lead (the median peak of
    this curve on the fit's in-sync clips, stored with the regressor). It shares no weights with step 3
-   and the two fail on different clips: summed, every corpus clip but one tracks shifts.
-5. Null: both correlations at every circular shift beyond the searched lags (this mouth against speech
-   it does not follow). Each curve is put in its own null's standard units, the second weighted by
-   energy_weight, and summed; the peak of the sum is the offset. The confidence is that peak minus what
-   chance picks as a peak (the mean maximum of the summed null over runs as long as the lag search), in
-   the summed null's standard deviations: ~0 for unrelated speech, higher the more clearly the audio
-   drives the mouth.
+   and the two fail on different clips.
+5. Third opinion, learned from pixels: the sync network (metrics/sync_net.py, SyncNet's recipe trained on
+   the corpus): the mean cosine similarity of each frame's mouth-crop window with the log-mel window lag
+   frames later. It reads the mouth's pixels, not landmarks, and was never told what a mouth track is.
+6. Null, offset, confidence: every opinion at every circular shift beyond the searched lags is the clip's
+   own null (this mouth against speech it does not follow). Each curve is put in its own null's standard
+   units, weighted (regressor 1, energy 0.5, network 1) and summed; the peak of the sum is the offset. The
+   confidence is that peak minus what chance picks as a peak (the mean maximum of the summed null over
+   runs as long as the lag search), in the summed null's standard deviations: ~0 for unrelated speech,
+   higher the more clearly the audio drives the mouth.
 
 Limits: needs >= 2 s with a face on at least half the frames, >= 4 fps, and enough frames for a null
-beyond the lag search; the mouth-motion track needs the frames (or crops), without them four tracks
-vote; offsets beyond the lag search are not found.
+beyond the lag search; the mouth-motion track and the network need the frames (or crops), without them
+four tracks and the energy curve vote; offsets beyond the lag search are not found.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ class SyncConfig:
     min_fps: float = 4.0  # below this a syllable (~4-5 per second) falls between frames
     null_margin: int = 4  # frames between the searched lags and the null's circular shifts
     min_null_shifts: int = 8  # fewer circular shifts than this: no null, not measured
+    regressor_weight: float = 1.0  # weight of the regressor's curve (step 3)
     energy_weight: float = 0.5  # weight of the jaw-vs-speech-energy curve beside the regressor's (step 4)
+    net_weight: float = 1.0  # weight of the sync network's curve (step 5; metrics/sync_net.py)
 
     def __post_init__(self):
         if self.max_lag < 1:
@@ -59,8 +64,9 @@ class SyncConfig:
         if self.max_lag_s <= 0 or self.min_seconds <= 0 or self.min_fps <= 0:
             raise ValueError(f"max_lag_s, min_seconds and min_fps must be > 0, got {self.max_lag_s}, "
                              f"{self.min_seconds}, {self.min_fps}")
-        if self.energy_weight < 0:
-            raise ValueError(f"energy_weight must be >= 0, got {self.energy_weight}")
+        if min(self.regressor_weight, self.energy_weight, self.net_weight) < 0:
+            raise ValueError(f"regressor_weight, energy_weight and net_weight must be >= 0, got {self.regressor_weight}, "
+                             f"{self.energy_weight}, {self.net_weight}")
         if not 0 < self.min_face_fraction <= 1:
             raise ValueError(f"min_face_fraction must be in (0, 1], got {self.min_face_fraction}")
 
@@ -179,13 +185,14 @@ def energy_lead(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps:
 
 def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float,
                  config: SyncConfig = SyncConfig(), frames: np.ndarray | None = None, crops: np.ndarray | None = None,
-                 model: sync_model.SyncModel | None = None) -> SyncResult | None:
+                 model: sync_model.SyncModel | None = None, net=None) -> SyncResult | None:
     """Sync of `landmarks` (F, 68, 2; NaN rows where no face) with `audio`; None when not measurable (under
     min_seconds of frames, under min_face_fraction with a face, silent audio, under min_fps, or too few
     frames for a null beyond the lag search).
 
     `frames` (F, H, W, 3) RGB in the landmarks' pixel scale, or ready `crops` (F, h, w) grey mouth crops
-    (metrics.sync_features), add the mouth-motion track; `model` defaults to the shipped regressor.
+    (metrics.sync_features), add the mouth-motion track and the network's opinion; `model` and `net` default
+    to the shipped regressor and network.
     """
     num_frames = len(landmarks)
     face = np.isfinite(landmarks).all(axis=(1, 2))
@@ -211,22 +218,30 @@ def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps
     predicted = sync_model.highpass(predicted, fps, model.config.highpass_hz)
     lags = np.arange(-max_lag, max_lag + 1)
     # lag L pairs the mouth at frame t with the audio at t + L: audio that lags by L frames peaks there
-    curve = np.array([_column_corr(seen, predicted[max_lag + lag:max_lag + lag + num_frames]) for lag in lags])
-    model_curve = curve
+    model_curve = np.array([_column_corr(seen, predicted[max_lag + lag:max_lag + lag + num_frames]) for lag in lags])
     at_zero = predicted[max_lag:max_lag + num_frames]
-    circular = np.array([_column_corr(seen, np.roll(at_zero, s, axis=0)) for s in range(num_frames)])  # (F,) by shift
-    if not np.isfinite(curve).all() or not np.isfinite(circular).all():
-        return None
-    null = circular[first_null:last_null + 1]
-    # both opinions in their own null's standard units, summed: the regressor's and the jaw-energy curve's
-    curve = (curve - null.mean()) / (null.std() + 1e-9)
-    circular = (circular - null.mean()) / (null.std() + 1e-9)
+    # each opinion: (weight, lag curve, (F,) the same at every circular shift)
+    opinions = [(config.regressor_weight, model_curve,
+                 np.array([_column_corr(seen, np.roll(at_zero, s, axis=0)) for s in range(num_frames)]))]
     if config.energy_weight > 0:
-        e_curve, e_circular = energy_curve(landmarks, audio, sample_rate, fps, lags, round(model.natural_lead_s * fps))
-        e_null = e_circular[first_null:last_null + 1]
-        if np.isfinite(e_curve).all() and np.isfinite(e_null).all() and e_null.std() > 1e-9:
-            curve = curve + config.energy_weight * (e_curve - e_null.mean()) / e_null.std()
-            circular = circular + config.energy_weight * (e_circular - e_null.mean()) / e_null.std()
+        opinions.append((config.energy_weight,
+                         *energy_curve(landmarks, audio, sample_rate, fps, lags, round(model.natural_lead_s * fps))))
+    if config.net_weight > 0 and crops is not None:
+        from . import sync_net
+
+        opinions.append((config.net_weight,
+                         *sync_net.lag_curves(net or sync_net.shipped(), crops, audio, sample_rate, fps, max_lag, face)))
+    if not np.isfinite(opinions[0][1]).all() or not np.isfinite(opinions[0][2]).all():
+        return None
+    # every opinion in its own null's standard units, weighted and summed; one that cannot be read is left out
+    curve, circular = np.zeros(len(lags)), np.zeros(num_frames)
+    for weight, o_curve, o_circular in opinions:
+        o_null = o_circular[first_null:last_null + 1]
+        if weight > 0 and np.isfinite(o_curve).all() and np.isfinite(o_null).all() and o_null.std() > 1e-9:
+            curve = curve + weight * (o_curve - o_null.mean()) / o_null.std()
+            circular = circular + weight * (o_circular - o_null.mean()) / o_null.std()
+    if not circular.any():
+        return None
     null = circular[first_null:last_null + 1]
     peak = int(np.argmax(curve))
     peak_correlation = float(model_curve[peak])

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import sync_model
+from . import sync_model, sync_net
 from .sync import measure_sync
 from .sync_corpus import SAMPLE_RATE, ClipInputs
 from .sync_model import SyncModel
+from .sync_net import SyncNet
 
 SHIFTS = (-10, -6, -3, 0, 3, 6, 10)  # frames the audio is delayed by
 MISMATCHES = 3  # other clips' audio tried against each clip
+SPEAKER_FOLDS = 4  # the network is trained 4 times, each time with every 4th clip (speaker) held out
 
 
 def delayed(audio: np.ndarray, frames: int, fps: float) -> np.ndarray:
@@ -36,9 +38,9 @@ def auc(positives: list[float], negatives: list[float]) -> float:
     return float(greater + 0.5 * ties)
 
 
-def measure(clip: ClipInputs, view: str, audio: np.ndarray, model: SyncModel | None):
+def measure(clip: ClipInputs, view: str, audio: np.ndarray, model: SyncModel | None, net: SyncNet | None):
     landmarks, crops = (clip.landmarks, clip.crops) if view == "full" else (clip.landmarks_128, clip.crops_128)
-    return measure_sync(landmarks, audio, SAMPLE_RATE, clip.fps, crops=crops, model=model)
+    return measure_sync(landmarks, audio, SAMPLE_RATE, clip.fps, crops=crops, model=model, net=net)
 
 
 def held_out_models(clips: list[ClipInputs]) -> list[SyncModel]:
@@ -46,14 +48,30 @@ def held_out_models(clips: list[ClipInputs]) -> list[SyncModel]:
     return [sync_model.fit(sync_model.corpus_examples(clips[:i] + clips[i + 1:])) for i in range(len(clips))]
 
 
-def validate(clips: list[ClipInputs], view: str, models: list[SyncModel | None], shifts=SHIFTS,
-             mismatches: int = MISMATCHES) -> dict:
+def held_out_nets(clips: list[ClipInputs], folds: int = SPEAKER_FOLDS, log=None) -> list[SyncNet]:
+    """For each clip, the network trained on the clips of the other folds (clip i is in fold i % folds; one
+    speaker per clip, so every clip is measured by a network that never saw its speaker). A network's
+    training takes minutes, hence folds rather than one network per clip."""
+    nets = []
+    for fold in range(folds):
+        training = [c for i, c in enumerate(clips) if i % folds != fold]
+        nets.append(sync_net.train(sync_net.corpus_examples(training), meta={"fold": fold}))
+        if log:
+            log(f"sync net fold {fold + 1}/{folds}: final loss {nets[-1].meta['final_loss']:.3f} "
+                f"(chance {nets[-1].meta['chance_loss']:.3f}), {nets[-1].meta['train_s']} s")
+    return [nets[i % folds] for i in range(len(clips))]
+
+
+def validate(clips: list[ClipInputs], view: str, models: list[SyncModel | None], nets: list[SyncNet | None] | None = None,
+             shifts=SHIFTS, mismatches: int = MISMATCHES) -> dict:
+    """The trust figures of one view; clip i is measured with models[i] and nets[i] (None: the shipped ones)."""
+    nets = nets or [None] * len(clips)
     errors, relative, in_sync, own, other, per_clip = [], [], [], [], [], {}
     unmeasured = 0
     for i, clip in enumerate(clips):
         clip_errors = {}
         for k in shifts:
-            result = measure(clip, view, delayed(clip.audio, k, clip.fps), models[i])
+            result = measure(clip, view, delayed(clip.audio, k, clip.fps), models[i], nets[i])
             if result is None:
                 errors.append(np.inf)
                 clip_errors[k] = None
@@ -66,7 +84,7 @@ def validate(clips: list[ClipInputs], view: str, models: list[SyncModel | None],
                 own.append(result.confidence)
         for j in range(1, mismatches + 1):
             donor = clips[(i + j) % len(clips)]
-            result = measure(clip, view, fitted(donor.audio, len(clip.audio)), models[i])
+            result = measure(clip, view, fitted(donor.audio, len(clip.audio)), models[i], nets[i])
             other.append(None if result is None else result.confidence)
         per_clip[clip.name] = clip_errors
         if clip_errors.get(0) is not None:
