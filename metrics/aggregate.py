@@ -17,7 +17,7 @@ import pandas as pd
 from .schema import ABS_LOWER_IS_BETTER, METRIC_COLUMNS, TIMING_COLUMNS
 
 STATS = {"mean": np.mean, "p10": lambda v: np.percentile(v, 10), "p50": np.median, "p90": lambda v: np.percentile(v, 90)}
-NOT_AGGREGATED = {"learned_metrics_reason", "metrics_error", "metrics_frames"}  # text, and frames analysed
+NOT_AGGREGATED = {"sync_measure", "learned_metrics_reason", "metrics_error", "metrics_frames"}  # text, and frames analysed
 
 
 def metric_name(metric: str, stat: str) -> str:

@@ -7,6 +7,10 @@ metrics.schema) by more than its threshold. Thresholds are absolute allowed wors
 units (`DEFAULT_THRESHOLDS`; others: 10 % of the baseline's magnitude); a JSON file maps metric names
 to numbers to override them. `quality/failure_rate` is compared too (threshold 0.05).
 
+Sync figures are judged only when both runs were measured by the same sync measure (the `sync_measure`
+column, metrics.sync.measure_version): a new measure moves every offset and confidence without any
+video changing, so across measures they are shown with no threshold and never regress a run.
+
 Timings (`metrics.schema.TIMING_COLUMNS`: seconds spent rendering, encoding and measuring a row) are
 reported beside the metrics, mean against mean, and never regress a run: they measure how busy the
 machine was, so a loaded night would otherwise read as a worse model.
@@ -38,6 +42,7 @@ WORST_COLUMNS = ("id", "status", "error", "output_uri")  # shown for each worst 
 TIMING_TABLE_COLUMNS = ["metric", "baseline", "current", "delta"]  # seconds
 DISTRIBUTION_PANEL_INCHES = (4.0, 3.0)  # width, height of one metric's histogram
 TAG_KEYS = ("eartalk.tag", "eartalk.baseline")  # a baseline may be named by one of these tags' values
+SYNC_METRICS = ("sync_offset_frames", "sync_confidence")  # judged only within one sync measure
 
 
 class CompareError(ValueError):
@@ -65,7 +70,8 @@ class Comparison:
         timings = json.loads(self.timings.to_json(orient="records"))
         return {"run": self.run_id, "baseline": self.baseline_run_id, "regressed": self.regressed,
                 "regressed_metrics": self.regressed_metrics, "metrics": rows, "timings": timings,
-                "worst_rows": worst}
+                "worst_rows": worst, "sync_measures": {"baseline": sync_measures(self.baseline),
+                                                       "current": sync_measures(self.current)}}
 
 
 def load_thresholds(path: str | Path | None) -> dict[str, float]:
@@ -89,10 +95,20 @@ def judged_metrics() -> list[str]:
     return [m for m in METRIC_COLUMNS if direction(m) != "none"] + ["failure_rate"]
 
 
+def sync_measures(results: pd.DataFrame) -> list[str]:
+    """The sync measure versions of a results table's measured 'ok' rows (none for tables from before the
+    column existed)."""
+    if "sync_measure" not in results:
+        return []
+    ok = results["status"] == "ok" if "status" in results else pd.Series(True, index=results.index)
+    return sorted(results.loc[ok, "sync_measure"].dropna().astype(str).unique())
+
+
 def compare_frames(current: pd.DataFrame, baseline: pd.DataFrame, thresholds: dict[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-metric table, worst rows of `current`) for two results tables."""
     thresholds = thresholds or dict(DEFAULT_THRESHOLDS)
     cur_agg, base_agg = aggregate_metrics(current), aggregate_metrics(baseline)
+    other_measure = sync_measures(current) != sync_measures(baseline)
     rows = []
     for metric in judged_metrics():
         way = direction(metric)
@@ -103,6 +119,8 @@ def compare_frames(current: pd.DataFrame, baseline: pd.DataFrame, thresholds: di
         b, c = base_agg[key], cur_agg[key]
         worse_by = b - c if way == "higher" else c - b  # abs_lower: b and c are already means of |x|
         limit = thresholds.get(metric, RELATIVE_DEFAULT * max(abs(b), 1e-9))
+        if other_measure and metric in SYNC_METRICS:
+            limit = math.nan  # another measure: shown, not judged
         rows.append({"metric": metric, "baseline": b, "current": c, "delta": c - b, "threshold": limit,
                      "direction": way, "regressed": bool(worse_by > limit)})
     table = pd.DataFrame(rows, columns=["metric", "baseline", "current", "delta", "threshold", "direction", "regressed"])
@@ -164,8 +182,12 @@ def markdown_report(comparison: Comparison) -> str:
 
     lines = [f"# Metrics comparison: `{comparison.run_id}` vs baseline `{comparison.baseline_run_id}`", "",
              f"**{'REGRESSED' if comparison.regressed else 'no regression'}** "
-             f"({int(comparison.table['regressed'].sum())} of {len(comparison.table)} metrics beyond threshold)", "",
-             "| metric | baseline | current | delta | threshold | better | regressed |", "|---|---|---|---|---|---|---|"]
+             f"({int(comparison.table['regressed'].sum())} of {len(comparison.table)} metrics beyond threshold)", ""]
+    current, baseline = sync_measures(comparison.current), sync_measures(comparison.baseline)
+    if current != baseline:
+        lines += [f"Sync was measured by another sync measure (baseline {', '.join(baseline) or 'unrecorded'}, "
+                  f"current {', '.join(current) or 'unrecorded'}): its figures are shown, not judged.", ""]
+    lines += ["| metric | baseline | current | delta | threshold | better | regressed |", "|---|---|---|---|---|---|---|"]
     for r in comparison.table.itertuples():
         lines.append(f"| {r.metric} | {fmt(r.baseline)} | {fmt(r.current)} | {fmt(r.delta)} | {fmt(r.threshold)} | "
                      f"{r.direction} | {'**yes**' if r.regressed else 'no'} |")

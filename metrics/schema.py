@@ -50,6 +50,7 @@ METRIC_DOCS: dict[str, tuple[pa.DataType, str]] = {
     # audio-visual sync (metrics/sync.py)
     "sync_offset_frames": (pa.float64(), "frames; > 0: the audio lags the video (sound comes after the mouth)"),
     "sync_confidence": (pa.float64(), "lag-curve peak above chance, in null std units (metrics.sync); ~0 for unrelated audio"),
+    "sync_measure": (pa.string(), "version of the sync measure (metrics.sync.measure_version): compare sync within one"),
     # identity (dlib 128-d embedding distance to the portrait; < 0.6 = same person)
     "identity_distance_mean": (pa.float64(), "mean embedding distance of sampled frames to the portrait"),
     "identity_distance_max": (pa.float64(), "worst sampled frame's distance to the portrait"),

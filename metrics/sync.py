@@ -37,8 +37,11 @@ four tracks and the energy curve vote; offsets beyond the lag search are not fou
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -82,6 +85,18 @@ class SyncResult:
     null_mean: float = float("nan")  # mean and std of the circular-shift correlations
     null_std: float = float("nan")
     chance_peak: float = float("nan")  # mean maximum of the null over runs as long as the lag search
+
+
+@functools.lru_cache(maxsize=1)
+def measure_version() -> str:
+    """12 hex digits naming what the sync figures depend on: the shipped weights' files and the default
+    settings. Figures of two versions are on different measures (results record it; compare does not judge
+    sync across versions)."""
+    h = hashlib.sha256(json.dumps(asdict(SyncConfig()), sort_keys=True).encode())
+    for path in sorted(sync_model.SHIPPED.iterdir()):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def mel_filterbank(n_fft: int, sample_rate: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:

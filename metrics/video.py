@@ -18,7 +18,7 @@ import numpy as np
 from faces import default_analyzer, eye_openness, head_pose, inter_ocular
 
 from . import learned, quality
-from .sync import SyncConfig, measure_sync
+from .sync import SyncConfig, measure_sync, measure_version
 
 
 @dataclass
@@ -202,6 +202,7 @@ def compute_video_metrics(video_path: str | Path, audio_path: str | Path | None 
     sync = measure_sync(landmarks, audio, clip.sample_rate, clip.fps, SyncConfig(), frames=frames) if audio is not None else None
     if sync is not None:
         result["sync_offset_frames"], result["sync_confidence"] = sync.offset_frames, sync.confidence
+        result["sync_measure"] = measure_version()
 
     poses = np.full((len(frames), 3), np.nan)
     openness = np.full(len(frames), np.nan)

@@ -51,3 +51,22 @@ def test_worst_rows_put_failures_first_then_the_worst_in_each_metrics_direction(
     assert list(worst_rows(frame, "sync_confidence", 3)["id"]) == ["row3", "row1", "row2"]  # higher is better
     assert list(worst_rows(frame, "identity_distance_mean", 2)["id"]) == ["row3", "row0"]  # lower is better
     assert list(worst_rows(frame, "sync_confidence", 2).columns) == list(frame.columns)  # the whole rows
+
+
+def test_sync_is_not_judged_across_sync_measures_and_the_report_says_so():
+    """A new sync measure moves every offset and confidence with no video changed: a baseline measured by
+    another one (or before the column existed) shows its sync figures without judging them."""
+    from metrics.compare import Comparison, markdown_report
+
+    baseline = results([0.0, 0.0]).assign(sync_confidence=[3.0, 3.0], identity_distance_mean=[0.3, 0.3])
+    current = results([6.0, -6.0]).assign(sync_confidence=[0.5, 0.5], identity_distance_mean=[0.5, 0.5],
+                                          sync_measure=["aaaa", "aaaa"])
+    for old in (baseline, baseline.assign(sync_measure=["bbbb", "bbbb"])):
+        table, worst = compare_frames(current, old)
+        rows = table.set_index("metric")
+        assert not rows.loc["sync_offset_frames", "regressed"] and not rows.loc["sync_confidence", "regressed"]
+        assert rows.loc["identity_distance_mean", "regressed"]  # other metrics are judged as before
+        report = markdown_report(Comparison("run", "base", table, worst, True, current, old))
+        assert "another sync measure" in report and "current aaaa" in report
+    table, _ = compare_frames(current, baseline.assign(sync_measure=["aaaa", "aaaa"]))  # the same measure: judged
+    assert table.set_index("metric").loc[["sync_offset_frames", "sync_confidence"], "regressed"].all()
