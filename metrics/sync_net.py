@@ -249,7 +249,7 @@ _SHIPPED_NET: SyncNet | None = None
 
 
 def shipped() -> SyncNet:
-    """The shipped network, loaded once per process (torch on one thread: the sync step is small)."""
+    """The shipped network, loaded once per process."""
     global _SHIPPED_NET
     if _SHIPPED_NET is None:
         _SHIPPED_NET = load(SHIPPED)
@@ -257,16 +257,9 @@ def shipped() -> SyncNet:
 
 
 def corpus_examples(clips, views: tuple[str, ...] = ("full", "128")) -> list:
-    """train() examples from metrics.sync_corpus.ClipInputs, one per clip and view."""
-    from .sync_corpus import SAMPLE_RATE
-
-    out = []
-    for clip in clips:
-        if "full" in views:
-            out.append((clip.crops, clip.audio, SAMPLE_RATE, clip.fps))
-        if "128" in views:
-            out.append((clip.crops_128, clip.audio, SAMPLE_RATE, clip.fps))
-    return out
+    """train() examples from metrics.sync_corpus.ClipInputs, one per clip and view (the regressor's, less
+    the landmarks)."""
+    return [(crops, audio, sample_rate, fps) for _, crops, audio, sample_rate, fps in sync_model.corpus_examples(clips, views)]
 
 
 def main(argv: list[str] | None = None) -> int:
