@@ -23,6 +23,9 @@ has the figures and benchmarks/sync_validation.py reproduces them):
 5. Third opinion, learned from pixels: the sync network (metrics/sync_net.py, SyncNet's recipe trained on
    the corpus): the mean cosine similarity of each frame's mouth-crop window with the log-mel window lag
    frames later. It reads the mouth's pixels, not landmarks, and was never told what a mouth track is.
+   It votes only where its own curve stands out (confidence >= net_min_confidence, the level unrelated
+   speech stays under): on a mouth unlike the real ones it learned (the synthetic puppet's, some renders)
+   its curve is noise, and noise summed at unit scale would move the peak of a short clip.
 6. Null, offset, confidence: every opinion at every circular shift beyond the searched lags is the clip's
    own null (this mouth against speech it does not follow). Each curve is put in its own null's standard
    units, weighted (regressor 1, energy 0.5, network 1) and summed; the peak of the sum is the offset. The
@@ -60,6 +63,7 @@ class SyncConfig:
     regressor_weight: float = 1.0  # weight of the regressor's curve (step 3)
     energy_weight: float = 0.5  # weight of the jaw-vs-speech-energy curve beside the regressor's (step 4)
     net_weight: float = 1.0  # weight of the sync network's curve (step 5; metrics/sync_net.py)
+    net_min_confidence: float = 1.0  # the network votes only where its own curve's confidence reaches this
 
     def __post_init__(self):
         if self.max_lag < 1:
@@ -198,6 +202,19 @@ def energy_lead(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps:
     return float(lags[int(np.nanargmax(curve))] / fps) if np.isfinite(curve).any() else None
 
 
+def _chance_peak(null: np.ndarray, lags: int) -> float:
+    """What chance picks as a peak: the mean maximum of each run of `lags` consecutive null shifts."""
+    runs = [null[s:s + lags].max() for s in range(len(null) - lags + 1)]
+    return float(np.mean(runs)) if runs else float(null.max())
+
+
+def _confidence(curve: np.ndarray, null: np.ndarray) -> float:
+    """One curve's peak above chance, in its null's standard deviations (0 where it cannot be read)."""
+    if not (np.isfinite(curve).all() and np.isfinite(null).all()) or null.std() <= 1e-9:
+        return 0.0
+    return float((curve.max() - _chance_peak(null, len(curve))) / null.std())
+
+
 def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float,
                  config: SyncConfig = SyncConfig(), frames: np.ndarray | None = None, crops: np.ndarray | None = None,
                  model: sync_model.SyncModel | None = None, net=None) -> SyncResult | None:
@@ -244,8 +261,9 @@ def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps
     if config.net_weight > 0 and crops is not None:
         from . import sync_net
 
-        opinions.append((config.net_weight,
-                         *sync_net.lag_curves(net or sync_net.shipped(), crops, audio, sample_rate, fps, max_lag, face)))
+        n_curve, n_circular = sync_net.lag_curves(net or sync_net.shipped(), crops, audio, sample_rate, fps, max_lag, face)
+        if _confidence(n_curve, n_circular[first_null:last_null + 1]) >= config.net_min_confidence:
+            opinions.append((config.net_weight, n_curve, n_circular))
     if not np.isfinite(opinions[0][1]).all() or not np.isfinite(opinions[0][2]).all():
         return None
     # every opinion in its own null's standard units, weighted and summed; one that cannot be read is left out
@@ -261,9 +279,7 @@ def measure_sync(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, fps
     peak = int(np.argmax(curve))
     peak_correlation = float(model_curve[peak])
     null_mean, null_std = float(null.mean()), float(null.std()) + 1e-9
-    # what chance picks as a peak: the maximum of each run of len(lags) consecutive null shifts
-    runs = [null[s:s + len(lags)].max() for s in range(len(null) - len(lags) + 1)]
-    chance = float(np.mean(runs)) if runs else float(null.max())
+    chance = _chance_peak(null, len(lags))
     return SyncResult(offset_frames=float(lags[peak]), confidence=float((curve[peak] - chance) / null_std),
                       lags=lags, curve=curve, raw_lag=int(lags[peak]), peak_correlation=peak_correlation,
                       null_mean=null_mean, null_std=null_std, chance_peak=float(chance))
