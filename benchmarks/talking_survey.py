@@ -47,18 +47,28 @@ MODES = {"drive_on": {"lip_from_speech": True},
          "puppet": None}
 
 
-def survey(render, clips: list[dict]) -> list[dict]:
-    """`render(audio) -> frames` speaking each clip's speech, measured against it and MISMATCHED others."""
+def survey(render, clips: list[dict], without_network: bool = False) -> tuple[list[dict], list[dict]]:
+    """`render(audio) -> frames` speaking each clip's speech, measured against it and MISMATCHED others; the
+    second list (empty unless `without_network`) reads the same videos with the sync measure's network
+    silenced (SyncConfig.net_weight 0), for a checkpoint trained against that kind of network."""
+    from metrics.sync import SyncConfig
+    from metrics.video import track_landmarks
     from training.acceptance import held_out_video_figures
 
-    rows = []
+    keys = ("sync", "mismatched_confidence", "amplitude", "pass")
+    rows, silent = [], []
     for i, clip in enumerate(clips):
         audio = clip["audio"]
         others = [clips[(i + j) % len(clips)]["audio"] for j in range(1, MISMATCHED + 1)]
         frames = render(audio)
-        figures = held_out_video_figures(frames, audio, others)
-        rows.append({"speech": clip["name"], **{k: figures[k] for k in ("sync", "mismatched_confidence", "amplitude", "pass")}})
-    return rows
+        landmarks = track_landmarks(frames)
+        figures = held_out_video_figures(frames, audio, others, landmarks=landmarks)
+        rows.append({"speech": clip["name"], **{k: figures[k] for k in keys}})
+        if without_network:
+            figures = held_out_video_figures(frames, audio, others, sync_config=SyncConfig(net_weight=0.0),
+                                             landmarks=landmarks)
+            silent.append({"speech": clip["name"], **{k: figures[k] for k in keys}})
+    return rows, silent
 
 
 def summary(rows: list[dict], real_amplitude: float) -> dict:
@@ -79,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--held-out-only", action="store_true", help="only acceptance.HELD_OUT_SPEAKERS' clips")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--per-video", action="store_true", help="include every video's figures")
+    p.add_argument("--sync-without-network", action="store_true",
+                   help="also read each mode with the sync measure's network silenced (MODE_no_network): the "
+                        "independent reading for a checkpoint trained with the expert sync loss")
     args = p.parse_args(argv)
 
     import torch
@@ -118,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             generator.config = dataclasses.replace(configured_config, **MODES[mode])
             render = functools.partial(render_frames, generator, portrait, fps=FPS)
-        per_video[mode] = survey(render, clips)
+        per_video[mode], silent = survey(render, clips, args.sync_without_network)
         out[mode] = summary(per_video[mode], real_amplitude)
+        if silent:
+            out[f"{mode}_no_network"] = summary(silent, real_amplitude)
     generator.config = configured_config
     out["checkpoint_lip_from_speech"] = configured_config.lip_from_speech
     out["checkpoint_mouth_magnification"] = configured_config.mouth_magnification

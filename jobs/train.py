@@ -37,7 +37,7 @@ import storage
 log = logging.getLogger("eartalk.train")
 # flags that set a training.config.LossConfig field of the same name (None: the default, or on resume the run's)
 LOSS_FLAGS = ("history_noise", "self_forcing", "control_dropout", "change_weight", "mouth_weight",
-              "mouth_concordance_weight", "vae_region_weight", "vae_blink_weight")
+              "mouth_concordance_weight", "sync_weight", "vae_region_weight", "vae_blink_weight")
 # flags that set a model.GeneratorConfig field of the same name (None: the preset's, or on resume the run's)
 MODEL_FLAGS = ("head", "flow_width", "flow_layers", "flow_steps", "flow_noise_std")
 
@@ -68,6 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mouth-concordance-weight", type=float, default=None,
                    help="weight of 1 - the concordance of the mouth cells' motion with the target's "
                         "(LossConfig.mouth_concordance_weight)")
+    p.add_argument("--sync-weight", type=float, default=None,
+                   help="weight of the expert sync loss: a frozen sync network judges the decoded predicted "
+                        "mouths against their speech (LossConfig.sync_weight; regression head only)")
+    p.add_argument("--sync-expert", default=None,
+                   help="folder of the sync network --sync-weight judges with (python -m metrics.sync_net "
+                        "trains one; default the shipped metrics/sync_weights)")
     p.add_argument("--vae-region-weight", type=float, default=None,
                    help="stage 1: weight of the squared error on the eyes' and mouth's pixels (LossConfig.vae_region_weight)")
     p.add_argument("--vae-blink-weight", type=float, default=None,
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                              deepspeed_config=str(ds_config), closed_eye_share=args.closed_eye_share,
                              checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
                              tracking_uri=args.tracking_uri, experiment=args.experiment,
-                             max_minutes=args.max_minutes, init_from=args.init_from)
+                             max_minutes=args.max_minutes, init_from=args.init_from, sync_expert=args.sync_expert)
     except ConfigError as e:
         print(f"eartalk train: {e.naming(lambda name: '--' + name.replace('_', '-'))}", file=sys.stderr)
         return 2
@@ -153,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eartalk train: {args.dataset} is neither 'synthetic' nor a shard folder with dataset.json",
               file=sys.stderr)
         return 2
+    if config.fresh_losses().sync_weight > 0 or args.sync_expert:
+        from metrics import sync_net
+
+        try:
+            sync_net.load(args.sync_expert or sync_net.SHIPPED)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"eartalk train: --sync-expert {args.sync_expert or sync_net.SHIPPED} is not a sync network: {e}",
+                  file=sys.stderr)
+            return 2
     if args.init_from:
         problem = _init_from_problem(args.init_from, args.preset, config.model_config(), options)
         if problem:

@@ -277,10 +277,11 @@ def mouth_amplitude(landmarks: np.ndarray, audio: np.ndarray, sample_rate: int, 
     return float(np.std(opening[use])) if use.sum() >= 10 else None
 
 
-def sync_of(landmarks: np.ndarray, frames: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float) -> dict | None:
-    from metrics.sync import measure_sync
+def sync_of(landmarks: np.ndarray, frames: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float,
+            config=None) -> dict | None:
+    from metrics.sync import SyncConfig, measure_sync
 
-    result = measure_sync(landmarks, audio, sample_rate, fps, frames=frames)
+    result = measure_sync(landmarks, audio, sample_rate, fps, config=config or SyncConfig(), frames=frames)
     return None if result is None else {"offset_frames": result.offset_frames, "confidence": result.confidence}
 
 
@@ -290,13 +291,15 @@ def fitted(audio: np.ndarray, samples: int) -> np.ndarray:
 
 
 def held_out_video_figures(frames: np.ndarray, audio: np.ndarray, mismatched: list[np.ndarray],
-                           sample_rate: int = AUDIO_SAMPLE_RATE, fps: float = FPS) -> dict:
-    """One video's mouth amplitude and sync: against its own speech and against each `mismatched` one."""
+                           sample_rate: int = AUDIO_SAMPLE_RATE, fps: float = FPS, sync_config=None,
+                           landmarks: np.ndarray | None = None) -> dict:
+    """One video's mouth amplitude and sync: against its own speech and against each `mismatched` one.
+    `sync_config` (metrics.sync.SyncConfig) defaults to the measure's own; `landmarks` to the frames' track."""
     from metrics.video import track_landmarks
 
-    landmarks = track_landmarks(frames)
-    own = sync_of(landmarks, frames, audio, sample_rate, fps)
-    others = [sync_of(landmarks, frames, fitted(m, len(audio)), sample_rate, fps) for m in mismatched]
+    landmarks = track_landmarks(frames) if landmarks is None else landmarks
+    own = sync_of(landmarks, frames, audio, sample_rate, fps, sync_config)
+    others = [sync_of(landmarks, frames, fitted(m, len(audio)), sample_rate, fps, sync_config) for m in mismatched]
     levels = [o["confidence"] for o in others if o is not None]
     level = max(levels) if levels else None
     passed = (own is not None and level is not None and abs(own["offset_frames"]) <= HELD_OUT_MAX_OFFSET

@@ -34,6 +34,9 @@ class LossConfig:
     # weight of 1 - Lin's concordance between the predicted and true mouth cells over each window: squared
     # error alone pays for a mouth shrunk toward its mean, concordance pays for the motion's size and timing
     mouth_concordance_weight: float = 0.0
+    # weight of the expert sync loss (training/sync_expert.py): a frozen sync network, trained on real
+    # video, judges the decoded predicted frames' mouths against their speech at every lag
+    sync_weight: float = 0.0
     # ---- stage 1 (the frame VAE)
     vae_region_weight: float = 0.0  # weight of the squared error on the eyes' and mouth's pixels
     # weight of the loss that reads the blink label from the latent's eye cells (the lid layer's readout):
@@ -43,7 +46,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         for name in ("control_dropout", "self_forcing"):
             check_number(name, getattr(self, name), low=0.0, high=1.0)
-        for name in ("history_noise", "change_weight", "mouth_weight", "mouth_concordance_weight",
+        for name in ("history_noise", "change_weight", "mouth_weight", "mouth_concordance_weight", "sync_weight",
                      "vae_region_weight", "vae_blink_weight"):
             check_number(name, getattr(self, name), low=0.0)
 
@@ -62,6 +65,9 @@ class LossConfig:
         if self.vae_blink_weight > 0 and not model.vae_lid_layer:
             raise ConfigError("vae_blink_weight", "{vae_blink_weight} trains the lid layer's readout, which "
                               f"{model_name} lacks; add {{vae_lid_layer}}")
+        if self.sync_weight > 0 and model.head != "regression":
+            raise ConfigError("sync_weight", "{sync_weight} judges the regression head's predicted frames; "
+                              f"{model_name} has the {model.head} head")
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / LOSS_FILE
@@ -121,6 +127,9 @@ class TrainConfig:
     # a fresh run may start from another run's model checkpoint (fine-tuning: its weights, a new optimizer
     # and schedule); model.checkpoint.init_from_checkpoint says which architecture changes it accepts
     init_from: str | None = None
+    # the sync network the expert sync loss (LossConfig.sync_weight) judges with: a metrics.sync_net folder;
+    # None = the shipped one (metrics/sync_weights)
+    sync_expert: str | None = None
     tracking_uri: str | None = None  # MLflow; None = no tracking
     experiment: str = "eartalk-train"
     sample_video: bool = True  # log a rendered sample MP4 to MLflow at the end
@@ -145,7 +154,7 @@ class TrainConfig:
             check_number("max_minutes", self.max_minutes, positive=True)
         for name in ("vae_decoder_only", "resume", "sample_video"):
             check_bool(name, getattr(self, name))
-        for name in ("init_from", "tracking_uri"):
+        for name in ("init_from", "sync_expert", "tracking_uri"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ConfigError(name, f"{{{name}}} must be a string or None, got {getattr(self, name)!r}")
         if self.vae_decoder_only and not self.init_from:

@@ -120,7 +120,14 @@ def transformer_stage(run: Run, vae: nn.Module, dataset: ClipDataset, done: int,
     frozen = {id(p) for p in vae.parameters()}  # stage 2 learns in the frozen VAE's latent space
     params = trains_only(run.generator, [p for p in run.generator.parameters() if id(p) not in frozen])
     run.sampler.latents = ClipLatents(dataset, vae)
-    return Stage(name="transformer", module=TransformerLoss(run.generator, dataset.fps, run.losses), params=params,
+    expert = None
+    if run.losses.sync_weight > 0:
+        from training.sync_expert import SyncExpert
+
+        expert = SyncExpert(config.sync_expert)
+        log.info("expert sync loss at weight %g, network %s", run.losses.sync_weight, expert.source)
+    module = TransformerLoss(run.generator, dataset.fps, run.losses, sync_expert=expert, sample_rate=dataset.sample_rate)
+    return Stage(name="transformer", module=module, params=params,
                  next_batch=run.sampler.clip_batch, peak_lr=config.lr, micro_batch=config.batch_clips,
                  frames_per_step=config.batch_clips * config.clip_frames, last_step=config.steps,
                  first_step=done - config.vae_steps, step_offset=config.vae_steps, deadline=deadline,

@@ -148,7 +148,8 @@ def transformer_loss(generator: nn.Module, losses: LossConfig, portrait: torch.T
                      frames: torch.Tensor | None, audio: torch.Tensor, fps: float,
                      controls: torch.Tensor | None = None,
                      latents: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     audio_start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                     audio_start: torch.Tensor | None = None, sync_expert=None,
+                     sample_rate: int | None = None) -> dict[str, torch.Tensor]:
     """Stage-2 loss on a batch of clips of equal length.
 
     portrait (B, 3, S, S) and frames (B, F, 3, S, S) in [0, 1]; audio (B, N) 16 kHz starting at the
@@ -157,7 +158,8 @@ def transformer_loss(generator: nn.Module, losses: LossConfig, portrait: torch.T
     level, as in inference); controls (B, F, C) in CONTROL_NAMES order with NaN = absent, or None.
     The VAE is used frozen, so a caller that has its latents cached passes `latents` = (portrait
     (B, Cl, L, L), frames (B, F, Cl, L, L)) instead of the images. Control dropout, history noise and
-    self-forcing apply in training mode only.
+    self-forcing apply in training mode only. With `sync_weight`, `sync_expert` (sync_expert.SyncExpert)
+    judges the predicted frames, decoded against `portrait`, with the audio at `sample_rate`.
     """
     if latents is None:
         with torch.no_grad():
@@ -202,6 +204,13 @@ def transformer_loss(generator: nn.Module, losses: LossConfig, portrait: torch.T
     if losses.mouth_concordance_weight > 0:
         terms["mouth_concordance"] = concordance_error(pred, target, mouth)
         total = total + losses.mouth_concordance_weight * terms["mouth_concordance"]
+    if losses.sync_weight > 0:
+        if sync_expert is None or portrait is None or sample_rate is None:
+            raise ValueError("sync_weight needs a sync_expert, the portraits and the audio's sample_rate")
+        starts = torch.zeros(B, dtype=torch.long) if audio_start is None else audio_start
+        heard = sync_expert.audio_windows(audio, sample_rate, fps, starts, F_)
+        terms["sync_expert"] = sync_expert.loss(generator.decode_latents(pred, portrait), heard)
+        total = total + losses.sync_weight * terms["sync_expert"]
     return {"total": total, **terms}
 
 
@@ -218,16 +227,22 @@ class VAELoss(nn.Module):
 
 
 class TransformerLoss(nn.Module):
-    """Stage 2's module for the engine: a clip batch (images, or cached latents) -> transformer_loss."""
+    """Stage 2's module for the engine: a clip batch (images, or cached latents) -> transformer_loss.
 
-    def __init__(self, generator: nn.Module, fps: float, losses: LossConfig | None = None):
+    The sync expert is frozen and not the run's to save, so it is held outside the module's parameters."""
+
+    def __init__(self, generator: nn.Module, fps: float, losses: LossConfig | None = None, sync_expert=None,
+                 sample_rate: int | None = None):
         super().__init__()
         self.generator = generator
         self.fps = fps
         self.losses = losses or LossConfig()
+        self.__dict__["sync_expert"] = sync_expert  # not a registered sub-module
+        self.sample_rate = sample_rate
 
     def forward(self, audio, controls, portrait=None, frames=None, ref_latent=None, target_latents=None,
                 audio_start=None):
         latents = None if ref_latent is None else (ref_latent, target_latents)
         return transformer_loss(self.generator, self.losses, portrait=portrait, frames=frames, audio=audio,
-                                fps=self.fps, controls=controls, latents=latents, audio_start=audio_start)
+                                fps=self.fps, controls=controls, latents=latents, audio_start=audio_start,
+                                sync_expert=self.sync_expert, sample_rate=self.sample_rate)

@@ -65,7 +65,7 @@ class BatchSampler:
     def clip_batch(self) -> dict:
         config, ds = self.config, self.dataset
         samples_per_frame = ds.sample_rate / ds.fps
-        portraits, frames, audio, starts, controls = [], [], [], [], []
+        portraits, images, frames, audio, starts, controls = [], [], [], [], [], []
         # the whole data-set clip's audio goes with each window (its start frame beside it): the audio
         # encoder then sees the sound around the window and the level of the utterance, as in inference
         span = int(round(ds.clip_frames * samples_per_frame))
@@ -79,6 +79,7 @@ class BatchSampler:
             else:
                 ref, clip_latents = self.latents(index)
                 portraits.append(ref)
+                images.append(clip.portrait)
                 frames.append(clip_latents[start:start + config.clip_frames])
             audio.append(np.pad(clip.audio[:span], (0, max(0, span - len(clip.audio)))))
             starts.append(start)
@@ -107,6 +108,7 @@ class BatchSampler:
             batch["frames"] = images_to_tensor(np.stack(frames))  # (B, F, 3, S, S)
         else:
             batch["ref_latent"] = torch.stack(portraits)  # (B, Cl, L, L)
+            batch["portrait"] = images_to_tensor(np.stack(images))  # (B, 3, S, S): the decoder's reference
             batch["target_latents"] = torch.stack(frames)  # (B, F, Cl, L, L)
         return batch
 

@@ -59,7 +59,7 @@ def test_loss_weights_come_from_the_defaults_or_a_resumed_runs_saved_ones_with_t
 def test_loss_weights_round_trip_through_loss_json_and_are_read_from_an_old_config_json(tmp_path):
     losses = LossConfig(vae_region_weight=50.0, vae_blink_weight=0.5)
     # older config.json files carry every field but those added after loss.json
-    assert set(losses.to_dict()) - {"mouth_concordance_weight"} == RETIRED_FIELDS
+    assert set(losses.to_dict()) - {"mouth_concordance_weight", "sync_weight"} == RETIRED_FIELDS
     assert LossConfig.read(losses.save(tmp_path).parent) == losses
     old = tmp_path / "old"
     old.mkdir()
