@@ -207,9 +207,10 @@ def transformer_loss(generator: nn.Module, losses: LossConfig, portrait: torch.T
     if losses.sync_weight > 0:
         if sync_expert is None or portrait is None or sample_rate is None:
             raise ValueError("sync_weight needs a sync_expert, the portraits and the audio's sample_rate")
-        starts = torch.zeros(B, dtype=torch.long) if audio_start is None else audio_start
-        heard = sync_expert.audio_windows(audio, sample_rate, fps, starts, F_)
-        terms["sync_expert"] = sync_expert.loss(generator.decode_latents(pred, portrait), heard)
+        run = sync_expert.judged_run(F_)
+        starts = torch.zeros(B, dtype=torch.long) if audio_start is None else audio_start.cpu()
+        heard = sync_expert.audio_windows(audio, sample_rate, fps, starts + run.start, run.stop - run.start)
+        terms["sync_expert"] = sync_expert.loss(generator.decode_latents(pred[:, run], portrait), heard)
         total = total + losses.sync_weight * terms["sync_expert"]
     return {"total": total, **terms}
 

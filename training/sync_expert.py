@@ -27,6 +27,9 @@ from metrics import sync_net
 from metrics.sync_features import CROP_IOD_PX, MOUTH_BELOW_CENTRE, MOUTH_CROP_HW
 
 GREY = (0.299, 0.587, 0.114)  # cv2.COLOR_RGB2GRAY's weights
+# frames of each clip the expert judges, a random run of them each step: decoding with gradients costs about
+# 0.1 s of CPU a frame, so the whole 24-frame window would make a step several times the cost of the rest
+JUDGED_FRAMES = 10
 
 
 def mouth_grid(image_size: int) -> torch.Tensor:
@@ -46,8 +49,9 @@ def mouth_grid(image_size: int) -> torch.Tensor:
 class SyncExpert:
     """A frozen sync network and the crop it reads; kept out of the loss module's parameters and state."""
 
-    def __init__(self, folder: str | Path | None = None):
+    def __init__(self, folder: str | Path | None = None, judged_frames: int = JUDGED_FRAMES):
         self.net = sync_net.load(folder or sync_net.SHIPPED)
+        self.judged_frames = judged_frames
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.window = self.net.config.window_frames
@@ -66,6 +70,12 @@ class SyncExpert:
         windows = windows - windows.mean(dim=(2, 3, 4), keepdim=True)
         return windows / (windows.std(dim=(2, 3, 4), keepdim=True) + 1.0)
 
+    def judged_run(self, num_frames: int, generator: torch.Generator | None = None) -> slice:
+        """A random run of `judged_frames` frames (all of them when the clip is shorter)."""
+        n = min(self.judged_frames, num_frames)
+        first = int(torch.randint(0, num_frames - n + 1, (1,), generator=generator))
+        return slice(first, first + n)
+
     def audio_windows(self, audio: torch.Tensor, sample_rate: int, fps: float, starts: torch.Tensor,
                       num_frames: int) -> torch.Tensor:
         """(B, num_frames + 2 max_lag, taps, n_mels) log-mel windows of frames start - max_lag ..
@@ -82,6 +92,8 @@ class SyncExpert:
         `audio_windows` for the same clips and frames.
         """
         net, L, half = self.net, self.max_lag, self.window // 2
+        if net.config.window_frames > frames.shape[1]:
+            raise ValueError(f"the expert judges windows of {net.config.window_frames} frames, got {frames.shape[1]}")
         if next(net.parameters()).device != frames.device:
             net.to(frames.device)
         windows = self.mouth_windows(frames.float())  # (B, W, window, h, w), W = F - window + 1
