@@ -3,7 +3,7 @@ portrait, with the speech's lip drive on and off and by the training puppet, sid
 one JSON object.
 
     python benchmarks/talking_survey.py [--checkpoint DIR] [--portrait JPG] [--corpus DIR] [--seconds 10]
-                                        [--modes drive_on unmagnified drive_off puppet]
+                                        [--modes drive_on unmagnified drive_off puppet] [--sync-without-network]
 
 For each corpus clip (its first SECONDS of speech) the portrait speaks it in each mode: drive_on, the
 checkpoint with `lip_from_speech` (and its configured mouth magnification); unmagnified, the same with
@@ -16,6 +16,9 @@ against MISMATCHED other clips' speech (looped or cut to length), and the mouth-
 - within_1_frame: videos whose offset is within 1 frame; mean_confidence: over own-speech readings;
 - mouth_amplitude_ratio: mean mouth-opening spread of the videos over the real clips' (each real clip warped
   to the model's crop, as acceptance does), the acceptance bar being 0.7.
+With --sync-without-network each mode is also read with the sync measure's network silenced (MODE_no_network,
+the same videos and landmarks): a checkpoint trained with the expert sync loss (training/sync_expert.py)
+learned against a network of the same kind, and this reading shares nothing with it.
 The shipped checkpoint trained on synthetic clips only, so every corpus speech is unseen by it; a checkpoint
 fine-tuned on the corpus is unseen only on the held-out speakers (acceptance.HELD_OUT_SPEAKERS), which
 `--held-out-only` restricts the survey to.
