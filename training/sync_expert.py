@@ -70,10 +70,10 @@ class SyncExpert:
         windows = windows - windows.mean(dim=(2, 3, 4), keepdim=True)
         return windows / (windows.std(dim=(2, 3, 4), keepdim=True) + 1.0)
 
-    def judged_run(self, num_frames: int, generator: torch.Generator | None = None) -> slice:
+    def judged_run(self, num_frames: int) -> slice:
         """A random run of `judged_frames` frames (all of them when the clip is shorter)."""
         n = min(self.judged_frames, num_frames)
-        first = int(torch.randint(0, num_frames - n + 1, (1,), generator=generator))
+        first = int(torch.randint(0, num_frames - n + 1, (1,)))
         return slice(first, first + n)
 
     def audio_windows(self, audio: torch.Tensor, sample_rate: int, fps: float, starts: torch.Tensor,
