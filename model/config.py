@@ -195,7 +195,7 @@ PRESETS: dict[str, GeneratorConfig] = {
     # CPU default: trains on 2 cores in under an hour; 5.7M parameters (23 MB of fp32 safetensors).
     # With the decoder's lid layer and blink readout (frame_vae.py) and the speech's lip drive at
     # inference, its mouth motion shown twice as large (mouth_motion.py): the shipped checkpoint's architecture.
-    "tiny": GeneratorConfig(vae_lid_layer=True, lip_from_speech=True, mouth_magnification=2.0),
+    "tiny": GeneratorConfig(vae_lid_layer=True, lip_from_speech=True, mouth_magnification=3.0),
     # Paper scale for GPUs: 256x256 frames, 16x16 latent grid of 256 tokens, ~330M parameters.
     "base": GeneratorConfig(
         image_size=256,

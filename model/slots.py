@@ -25,7 +25,7 @@ import torch
 
 from .flow_head import TokenNoise
 from .frame_vae import Reference
-from .mouth_motion import baseline_rate, magnify, mouth_cells
+from .mouth_motion import magnify, motion_rates, mouth_cells, start_motion
 
 
 class SlotNoise(TokenNoise):
@@ -74,9 +74,9 @@ class SlotStream:
         # per-slot rows of the decoder's reference and of the previous latent, allocated at the first add
         self._reference: Reference | None = None
         self._prev: torch.Tensor | None = None  # (B, Cl, L, L)
-        # mouth_motion.py's per-slot state: the mouth's slow baseline (B, Cl, L, L) and its rate (B,)
-        self._baseline: torch.Tensor | None = None
-        self._baseline_rate = torch.zeros(slots, device=generator.device, dtype=generator.dtype)
+        # mouth_motion.py's per-slot state: the mouth's baseline and smoothed track (B, 2, Cl, L, L), their rates (B, 2)
+        self._motion: torch.Tensor | None = None
+        self._motion_rates = torch.zeros(slots, 2, device=generator.device, dtype=generator.dtype)
         self._mouth_cells = mouth_cells(generator.config.latent_size).to(generator.device, generator.dtype)
         self.frames_computed = 0  # frames decoded in all (each busy slot's, per step)
 
@@ -114,8 +114,8 @@ class SlotStream:
         self.cache.reset(slot)
         g.transformer.forward_cached(g.reference_block(reference.latent), self.cache, block=0, rows=[slot])
         self._prev[slot] = reference.latent[0]
-        self._baseline[slot] = reference.latent[0]
-        self._baseline_rate[slot] = baseline_rate(request.fps)
+        self._motion[slot] = start_motion(reference.latent)[0]
+        self._motion_rates[slot] = motion_rates(request.fps)
         noise = torch.Generator().manual_seed(int(request.seed)) if g.config.head == "flow" else None
         self.videos[slot] = SlotVideo(key, frames, audio[0], controls[0], noise)
         return slot
@@ -133,7 +133,7 @@ class SlotStream:
 
             self._reference = Reference(rows(ref.image), tuple(rows(f) for f in ref.features), rows(ref.latent))
             self._prev = rows(ref.latent)
-            self._baseline = rows(ref.latent)
+            self._motion = rows(start_motion(ref.latent))
         self._reference.image[slot] = ref.image[0]
         for mine, theirs in zip(self._reference.features, ref.features):
             mine[slot] = theirs[0]
@@ -187,9 +187,9 @@ class SlotStream:
         if gain == 1.0:
             return latent
         if index is None:
-            shown, self._baseline = magnify(latent, self._baseline, self._baseline_rate, self._mouth_cells, gain)
+            shown, self._motion = magnify(latent, self._motion, self._motion_rates, self._mouth_cells, gain)
             return shown
-        shown, baseline = magnify(latent, self._baseline.index_select(0, index),
-                                  self._baseline_rate.index_select(0, index), self._mouth_cells, gain)
-        self._baseline.index_copy_(0, index, baseline)
+        shown, motion = magnify(latent, self._motion.index_select(0, index),
+                                self._motion_rates.index_select(0, index), self._mouth_cells, gain)
+        self._motion.index_copy_(0, index, motion)
         return shown

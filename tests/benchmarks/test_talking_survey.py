@@ -18,7 +18,7 @@ def test_the_survey_measures_every_mode_on_every_clip(shared_media, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["clips"] == 4 and out["real_mouth_amplitude"] > 0
     assert "drive_off" not in out and out["checkpoint_lip_from_speech"] is True
-    assert out["checkpoint_mouth_magnification"] == 2.0
+    assert out["checkpoint_mouth_magnification"] == 3.0
     for mode in ("drive_on", "unmagnified", "puppet"):
         assert out[mode]["of"] == 4 and len(out["per_video"][mode]) == 4
         assert all(v["sync"] is not None for v in out["per_video"][mode]), "3 s of a face: every video measured"

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from model.mouth_motion import baseline_rate, magnify, mouth_cells
+from model.mouth_motion import magnify, motion_rates, mouth_cells, start_motion
 from tests.model.conftest import request, small_generator
 
 L = 16  # the tiny preset's latent grid
@@ -16,46 +16,63 @@ L = 16  # the tiny preset's latent grid
 def shown_track(track: torch.Tensor, gain: float, fps: float = 25.0) -> torch.Tensor:
     """(F,) value of every latent cell over F frames -> (F, L, L) the decoded latents' values."""
     cells = mouth_cells(L)
-    baseline, rate = torch.full((1, 1, L, L), float(track[0])), torch.tensor([baseline_rate(fps)])
+    motion, rates = start_motion(torch.full((1, 1, L, L), float(track[0]))), motion_rates(fps)[None]
     out = []
     for value in track:
-        frame, baseline = magnify(torch.full((1, 1, L, L), float(value)), baseline, rate, cells, gain)
+        frame, motion = magnify(torch.full((1, 1, L, L), float(value)), motion, rates, cells, gain)
         out.append(frame[0, 0])
     return torch.stack(out)
+
+
+def spread_ratio(track: torch.Tensor, gain: float, fps: float) -> float:
+    """The mouth cells' shown spread over the track's, after the first two seconds."""
+    settled = int(2 * fps)
+    return float(shown_track(track, gain, fps)[settled:, mouth_cells(L).bool()].std(dim=0).mean() / track[settled:].std())
 
 
 def test_syllable_rate_motion_of_the_mouth_cells_is_shown_larger_and_other_cells_as_predicted():
     t = torch.arange(200) / 25.0
     track = torch.sin(2 * math.pi * 4.0 * t)  # a 4 Hz opening and closing
-    shown = shown_track(track, gain=2.0)
+    shown = shown_track(track, gain=3.0)
     mouth = mouth_cells(L).bool()
     assert mouth.any() and not mouth.all()
     assert torch.equal(shown[:, ~mouth], track[:, None].expand(-1, int((~mouth).sum())))
-    ratio = shown[50:, mouth].std() / track[50:].std()
-    assert 1.7 < ratio < 2.0  # the 0.6 Hz baseline passes a little of the 4 Hz motion into itself
+    assert 1.9 < spread_ratio(track, 3.0, 25.0) < 2.3  # the band passes most of the 4 Hz motion
+
+
+def test_frame_to_frame_jitter_is_magnified_less_than_syllable_motion_at_any_frame_rate():
+    for fps in (25.0, 30.0, 60.0):
+        frames = torch.arange(int(8 * fps))
+        syllables = torch.sin(2 * math.pi * 4.0 * frames / fps)
+        jitter = (-1.0) ** frames.float()  # a cell flickering every frame, as landmark-visible noise does
+        assert spread_ratio(jitter, 3.0, fps) < 1.75 < 2.0 < spread_ratio(syllables, 3.0, fps)
+        assert math.isclose(spread_ratio(jitter, 1.0, fps), 1.0, rel_tol=1e-5)  # gain 1 shows the latents as predicted
 
 
 def test_a_held_or_slowly_moving_mouth_is_shown_as_predicted():
     held = shown_track(torch.full((100,), 0.7), gain=3.0)
     assert torch.allclose(held, torch.full_like(held, 0.7))
     slow = torch.linspace(0.0, 1.0, 250)  # 10 s drift, as a slow head turn moves the mouth cells
-    error = (shown_track(slow, gain=2.0)[25:, mouth_cells(L).bool()] - slow[25:, None]).abs().max()
-    rate = baseline_rate(25.0)
-    lag = (slow[1] - slow[0]) * (1 - rate) / rate  # how far the baseline trails a ramp
-    assert error <= (2.0 - 1.0) * lag * 1.01 and error < 0.025  # the ramp is shown 1 % of its range ahead
+    error = (shown_track(slow, gain=3.0)[25:, mouth_cells(L).bool()] - slow[25:, None]).abs().max()
+    baseline_rate, smoothing_rate = motion_rates(25.0).tolist()
+    # how much further the baseline trails a ramp than the smoothed track does
+    lag = (slow[1] - slow[0]) * ((1 - baseline_rate) / baseline_rate - (1 - smoothing_rate) / smoothing_rate)
+    assert error <= (3.0 - 1.0) * lag * 1.01 and error < 0.045  # the ramp is shown 4 % of its range ahead
 
 
-def test_the_baseline_rate_is_one_time_constant_in_seconds_at_any_frame_rate():
+def test_the_rates_are_time_constants_in_seconds_at_any_frame_rate():
     for fps in (10.0, 25.0, 60.0):
-        frames = int(round(fps))  # one second: four time constants
-        assert math.isclose((1 - baseline_rate(fps)) ** frames, math.exp(-4.0), rel_tol=0.05)
+        frames = int(round(fps))  # one second: four baseline time constants, about 23 smoothing ones
+        baseline_rate, smoothing_rate = motion_rates(fps).tolist()
+        assert math.isclose((1 - baseline_rate) ** frames, math.exp(-4.0), rel_tol=0.05)
+        assert math.isclose((1 - smoothing_rate) ** frames, math.exp(-1 / 0.044), rel_tol=0.05)
 
 
 def test_gain_one_decodes_the_models_latents_unchanged():
     g = small_generator()
     off = small_generator()
     off.config = dataclasses.replace(off.config, mouth_magnification=1.0)
-    assert g.config.mouth_magnification == 2.0  # the tiny preset's
+    assert g.config.mouth_magnification == 3.0  # the tiny preset's
     r = request(g, 12)
     with torch.no_grad():
         on_frames = torch.cat(list(g.stream([r])))

@@ -9,7 +9,7 @@ import torch
 
 from model import KVCache
 from model.flow_head import TokenNoise
-from model.mouth_motion import baseline_rate, magnify, mouth_cells
+from model.mouth_motion import magnify, motion_rates, mouth_cells, start_motion
 from tests.model.conftest import request, small_generator
 from tests.model.test_flow_head import flow_generator
 
@@ -24,11 +24,11 @@ def alone(g, r) -> torch.Tensor:
         ref = g.vae.reference(r.portrait[None])
         audio, controls = g.condition_tokens([r], F)
         noise = TokenNoise([r.seed]) if g.config.head == "flow" else None
-        baseline, rate = ref.latent, torch.tensor([baseline_rate(r.fps)])
+        motion, rates = start_motion(ref.latent), motion_rates(r.fps)[None]
         cells = mouth_cells(g.config.latent_size)
         shown = []
         for latent in g.rollout(ref.latent, audio, controls, noise):
-            frame, baseline = magnify(latent, baseline, rate, cells, g.config.mouth_magnification)
+            frame, motion = magnify(latent, motion, rates, cells, g.config.mouth_magnification)
             shown.append(frame)
         return g.decode_latents(torch.stack(shown, dim=1), r.portrait[None])[0]
 
