@@ -104,8 +104,9 @@ class GeneratorConfig:
     # at inference the `lip` token is the row's lip intensity (1 where absent) times the speech's lip drive
     # (speech_drive.py): the loudness pace the LayerNormed mels lack, as the mouth opening to draw
     lip_from_speech: bool = False
-    # at inference each decoded frame shows its mouth and chin cells' change from their slow baseline times
-    # this (mouth_motion.py); the latents the model feeds itself are untouched; 1 decodes them as predicted
+    # at inference each decoded frame shows its mouth and chin cells' band-passed motion (3-7 Hz syllables, not
+    # head turns or frame-to-frame jitter) times this (mouth_motion.py); the latents the model feeds itself
+    # are untouched; 1 decodes them as predicted
     mouth_magnification: float = 1.0
     # ---- transformer
     d_model: int = 256  # token width
@@ -194,7 +195,8 @@ class GeneratorConfig:
 PRESETS: dict[str, GeneratorConfig] = {
     # CPU default: trains on 2 cores in under an hour; 5.7M parameters (23 MB of fp32 safetensors).
     # With the decoder's lid layer and blink readout (frame_vae.py) and the speech's lip drive at
-    # inference, its mouth motion shown twice as large (mouth_motion.py): the shipped checkpoint's architecture.
+    # inference, its syllable-rate mouth motion shown three times as large (mouth_motion.py): the shipped
+    # checkpoint's architecture.
     "tiny": GeneratorConfig(vae_lid_layer=True, lip_from_speech=True, mouth_magnification=3.0),
     # Paper scale for GPUs: 256x256 frames, 16x16 latent grid of 256 tokens, ~330M parameters.
     "base": GeneratorConfig(
