@@ -104,9 +104,9 @@ class GeneratorConfig:
     # at inference the `lip` token is the row's lip intensity (1 where absent) times the speech's lip drive
     # (speech_drive.py): the loudness pace the LayerNormed mels lack, as the mouth opening to draw
     lip_from_speech: bool = False
-    # at inference each decoded frame shows its mouth and chin cells' band-passed motion (3-7 Hz syllables, not
-    # head turns or frame-to-frame jitter) times this (mouth_motion.py); the latents the model feeds itself
-    # are untouched; 1 decodes them as predicted
+    # at inference each decoded frame shows its mouth and chin cells' band-passed motion (the syllables', not
+    # a head turn's or frame-to-frame jitter) times this (mouth_motion.py); the latents the model feeds
+    # itself are untouched; 1 decodes them as predicted
     mouth_magnification: float = 1.0
     # ---- transformer
     d_model: int = 256  # token width
